@@ -1,0 +1,135 @@
+"""Checkpoint folders and loading models for inference.
+
+A checkpoint folder (written by Solver.save_checkpoint) holds:
+  model.safetensors  the model's state dict          trainer_state.pt  optimizer, schedule, epoch, RNG, history
+  config.yaml        the TrainConfig                 metrics.json      the metrics of the saved epoch
+  split.csv          path,split of every image       preprocess.json   patch size, mean/std, resize rule
+Nothing is unpickled: weights are safetensors, trainer_state.pt loads with torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+
+from hyperiqa.config import ConfigError, TrainConfig
+from hyperiqa.utils import UserError, atomic_write_bytes, atomic_write_json
+
+WEIGHTS, TRAINER_STATE, CONFIG, METRICS, SPLIT, PREPROCESS = (
+    "model.safetensors", "trainer_state.pt", "config.yaml", "metrics.json", "split.csv", "preprocess.json")
+ORIGINAL_SUFFIXES = (".pkl", ".pth", ".pt")
+
+
+# --- RNG state as tensors and plain Python (weights_only-safe) -------------------------------------
+def rng_state() -> dict:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, g = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, g))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- writing ---------------------------------------------------------------------------------------
+def save_checkpoint_files(directory: Path, *, model_state: dict, trainer_state: dict, cfg: TrainConfig,
+                          metrics: dict, data, mean, std) -> None:
+    """Write every file of a checkpoint folder, each atomically (readers never see a partial file)."""
+    from hyperiqa.data.splits import save_split
+
+    directory.mkdir(parents=True, exist_ok=True)
+    # clone(): safetensors refuses tensors that share storage; contiguous() undoes channels_last.
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model_state.items()}
+    atomic_write_bytes(directory / WEIGHTS, safetensors.torch.save(weights))
+    buffer = io.BytesIO()
+    torch.save(trainer_state, buffer)
+    atomic_write_bytes(directory / TRAINER_STATE, buffer.getvalue())
+    cfg.save(directory / CONFIG)
+    atomic_write_json(directory / METRICS, metrics)
+    save_split(directory / SPLIT, data.spec, data.split)
+    short_side = cfg.resize_short_side if cfg.resize_short_side is not None else data.spec.default_short_side
+    atomic_write_json(directory / PREPROCESS, {"patch_size": cfg.patch_size, "mean": list(mean), "std": list(std),
+                                               "short_side": short_side or None, "resize_to": cfg.resize_to})
+
+
+# --- reading ---------------------------------------------------------------------------------------
+def load_weights(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"checkpoint weights {path} not found (expected a folder written by hyperiqa.train)")
+    try:
+        return safetensors.torch.load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def load_trainer_state(directory: Path) -> dict:
+    path = directory / TRAINER_STATE
+    if not path.is_file():
+        raise UserError(f"{path} not found: {directory} is not a checkpoint folder written by Solver.save_checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path}: cannot be loaded as trainer state ({exc})") from None
+
+
+def read_preprocess(path) -> dict | None:
+    """preprocess.json of a checkpoint folder (or beside its model.safetensors); None if absent."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    file = folder / PREPROCESS
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def load_model(path) -> tuple:
+    """(model in eval mode, TrainConfig or None) from one of:
+
+    - a checkpoint folder of this project, or its model.safetensors with config.yaml beside it;
+    - an original HyperIQA state dict (.pkl/.pth/.pt, SSL92 layout) -> ResNet-50 HyperIQA, config None.
+    """
+    from hyperiqa.models import HyperIQA, build_model
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} not found")
+    if path.is_dir() or path.suffix == ".safetensors":
+        folder = path if path.is_dir() else path.parent
+        if not (folder / CONFIG).is_file():
+            raise UserError(f"{folder}: no {CONFIG}; expected a checkpoint folder written by hyperiqa.train "
+                            f"(model.safetensors + config.yaml) or an original .pkl/.pth file")
+        cfg = TrainConfig.load(folder / CONFIG)
+        # The weights come from the checkpoint: never download or read the backbone's initial weights.
+        model = build_model(cfg.replace(pretrained=False, backbone_weights=None))
+        weights = load_weights(folder / WEIGHTS if path.is_dir() else path)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:
+            raise UserError(f"{path}: weights do not match the model in {folder / CONFIG}: {exc}") from None
+        return model.eval(), cfg
+    if path.suffix in ORIGINAL_SUFFIXES:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise UserError(f"{path}: not a loadable PyTorch state dict ({type(exc).__name__}); expected an "
+                            "original HyperIQA checkpoint saved with torch.save(model.state_dict())") from None
+        try:
+            return HyperIQA.from_original_checkpoint(state).eval(), None
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise UserError(f"{path}: not an original HyperIQA state dict ({exc})") from None
+    raise UserError(f"checkpoint {path}: expected a checkpoint folder, a model.safetensors inside one, "
+                    f"or an original HyperIQA state dict ({', '.join(ORIGINAL_SUFFIXES)})")

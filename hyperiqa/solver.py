@@ -1,0 +1,261 @@
+"""The fixed HyperIQA solver: one optimizer and one LR schedule for the whole run (REFERENCE.md §1).
+
+Compared with the original solver: both param groups decay together and keep their ratio, the Adam
+state persists across epochs, every trainable parameter sits in exactly one group, evaluation uses
+fixed crops averaged per image, model selection uses cfg.selection_metric (validation by default),
+and the whole state (weights, optimizer, schedule, RNG, best epoch) can be saved and resumed exactly.
+
+Metrics per epoch: train_loss (mean L1 over patches) and train_srcc (PATCH level, on the patches seen
+during the epoch); val_*/test_* are image level (srcc, plcc, krcc, rmse).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hyperiqa import checkpoint as ckpt
+from hyperiqa import metrics as M
+from hyperiqa.config import ConfigError, TrainConfig
+from hyperiqa.schedules import build_scheduler
+from hyperiqa.utils import UserError, resolve_device, seed_everything
+
+EVAL_SPLITS = ("val", "test", "train", "all")
+
+
+class Solver:
+    """Train and evaluate one TrainConfig. `epochs()` drives the run; state_dict() resumes it exactly."""
+
+    def __init__(self, cfg: TrainConfig, *, model=None, data=None, log=print):
+        self.cfg, self.log = cfg, log
+        self.device = resolve_device(cfg.device)
+        self.cuda = self.device.type == "cuda"
+        self._setup_runtime()
+        seed_everything(cfg.seed)  # before the model is built: random init depends on it
+        if model is None:
+            from hyperiqa.models import build_model
+
+            model = build_model(cfg)
+        self.model = model.to(self.device)
+        if self.cuda and cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if data is None:
+            from hyperiqa.data import prepare_data
+
+            data = prepare_data(cfg, device=self.device, mean=model.input_mean, std=model.input_std, log=log)
+        self.data = data
+        self._check_selection_metric()
+        # torch.compile wraps the module; self.model stays the plain one so state_dict keys never change.
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.optimizer = self._build_optimizer()
+        self.iters_per_epoch = max(len(data.train), 1)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.iters_per_epoch)
+        self.epoch = 0
+        self.best: dict | None = None
+        self.best_epoch: int | None = None
+        self.history: list[dict] = []
+        self.done = False
+        self.diverged_at: int | None = None
+
+    # --- setup ------------------------------------------------------------------------------
+    def _setup_runtime(self) -> None:
+        cfg = self.cfg
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True  # fixed patch size: the autotuned kernels are reused
+            if cfg.gpu_memory_fraction:
+                torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, self.device)
+
+    def _check_selection_metric(self) -> None:
+        split = self.cfg.selection_metric.split("_")[0]
+        if getattr(self.data, split) is None:
+            raise ConfigError(f"selection_metric = {self.cfg.selection_metric!r}, but the split has no {split} "
+                              f"images; raise {split}_fraction or choose another selection_metric")
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        groups = [{"params": list(self.model.backbone_parameters()), "lr": cfg.backbone_lr, "name": "backbone"},
+                  {"params": list(self.model.head_parameters()), "lr": cfg.backbone_lr * cfg.lr_ratio,
+                   "name": "head"}]
+        cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        extra = {"fused": True} if self.cuda else {}
+        return cls(groups, lr=cfg.backbone_lr, weight_decay=cfg.weight_decay, **extra)
+
+    def _autocast(self):
+        if self.cuda and self.cfg.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # --- training ---------------------------------------------------------------------------
+    def train_epoch(self) -> dict:
+        """One pass over the training patches. Syncs with the device once at the end (plus progress lines)."""
+        cfg, sampler = self.cfg, self.data.train
+        self.model.train()
+        n_batches, epoch = len(sampler), self.epoch + 1
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        preds, labels = [], []
+        start = last_log = time.monotonic()
+        seen = 0
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        for i, (x, y) in enumerate(sampler.epoch(self.epoch), 1):
+            with self._autocast():
+                pred = self.forward(x).float()
+            loss = F.l1_loss(pred, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            lrs = [g["lr"] for g in self.optimizer.param_groups]  # the LRs this step uses
+            self.optimizer.step()
+            self.scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            preds.append(pred.detach())
+            labels.append(y)
+            seen += len(y)
+            now = time.monotonic()
+            if i < n_batches and (i % max(n_batches // 10, 1) == 0 or now - last_log >= 10):
+                last_log = now
+                if not torch.isfinite(loss_sum):  # one sync, only at progress points
+                    break
+                self.log(f"  epoch {epoch} [{i}/{n_batches}] loss {loss_sum.item() / seen:.4f} "
+                         f"{seen / (now - start):.0f} patches/s")
+        total = loss_sum.item()  # the epoch's one sync
+        elapsed = max(time.monotonic() - start, 1e-9)
+        out = {M.LR_BACKBONE: lrs[0], M.LR_HEAD: lrs[1], M.PATCHES_PER_S: seen / elapsed}
+        if not math.isfinite(total):
+            self.diverged_at = epoch
+            return {M.TRAIN_LOSS: None, M.TRAIN_SRCC: None, **out}
+        pred = torch.cat(preds).cpu().numpy() if preds else []
+        target = torch.cat(labels).cpu().numpy() if labels else []
+        srcc = M.correlations(pred, target)["srcc"] if seen else float("nan")
+        return {M.TRAIN_LOSS: total / max(seen, 1), M.TRAIN_SRCC: M.finite_or_none(srcc), **out}
+
+    # --- evaluation -------------------------------------------------------------------------
+    def _eval_indices(self, split: str):
+        s = self.data.split
+        if split == "all":
+            import numpy as np
+
+            return np.concatenate([s.train, s.val, s.test])
+        return getattr(s, split)
+
+    def _eval_crops(self, split: str):
+        if split not in EVAL_SPLITS:
+            raise UserError(f"split {split!r}: allowed values are {', '.join(EVAL_SPLITS)}")
+        crops = getattr(self.data, split, None) if split in ("val", "test") else None
+        if crops is not None:
+            return crops
+        indices = self._eval_indices(split)
+        if len(indices) == 0:
+            raise UserError(f"split {split!r} has no images in this dataset split")
+        from hyperiqa.data.patches import EvalCrops
+
+        cfg = self.cfg
+        return EvalCrops(self.data.cache, indices, patch_size=cfg.patch_size, crops_per_image=cfg.test_patches,
+                         batch_size=cfg.eval_batch_size, seed=cfg.seed, device=self.device,
+                         mean=self.model.input_mean, std=self.model.input_std,
+                         channels_last=self.cuda and cfg.channels_last)
+
+    def evaluate(self, split: str) -> dict:
+        """Image-level srcc/plcc/krcc/rmse on `split` (val, test, train or all): fixed crops, averaged per image."""
+        crops = self._eval_crops(split)
+        indices = self._eval_indices(split)
+        self.model.eval()
+        scores, positions = [], []
+        with torch.inference_mode(), self._autocast():
+            for x, pos in crops.batches():
+                scores.append(self.forward(x).float())
+                positions.append(pos)
+        patch = torch.cat(scores).cpu().numpy()
+        pos = torch.cat(positions).cpu().numpy()
+        pred = M.image_scores(patch, pos, len(indices))
+        return M.correlations(pred, self.data.labels[indices])
+
+    # --- the run ----------------------------------------------------------------------------
+    def epochs(self) -> Iterator[dict]:
+        """Run the remaining epochs; yield one metrics dict per epoch (see the module docstring).
+
+        Stops after cfg.epochs ("completed"), after cfg.patience epochs without a new best
+        ("early_stopped") or on a non-finite training loss ("diverged", never an exception).
+        """
+        while not self.done:
+            if self.epoch >= self.cfg.epochs:
+                self.done = True
+                return
+            yield self._run_epoch()
+
+    def _run_epoch(self) -> dict:
+        start = time.monotonic()
+        metrics = {M.EPOCH: self.epoch + 1, **self.train_epoch()}
+        self.epoch += 1
+        if self.diverged_at is not None:
+            metrics.update({f"{s}_{k}": None for s in ("val", "test") for k in ("srcc", "plcc", "krcc", "rmse")})
+            metrics[M.STATUS] = "diverged"
+            metrics["message"] = f"diverged at epoch {self.epoch}: non-finite training loss"
+            self.log(metrics["message"])
+            self.done = True
+        else:
+            for split in ("val", "test"):
+                result = self.evaluate(split) if getattr(self.data, split) is not None else {}
+                for key in ("srcc", "plcc", "krcc", "rmse"):
+                    metrics[f"{split}_{key}"] = M.finite_or_none(result.get(key))
+            metrics[M.STATUS] = self._update_best_and_status(metrics)
+        metrics["best_epoch"] = self.best_epoch
+        metrics[f"best_{self.cfg.selection_metric}"] = self.best[self.cfg.selection_metric] if self.best else None
+        metrics["time_s"] = time.monotonic() - start
+        self.history.append(metrics)
+        return metrics
+
+    def _update_best_and_status(self, metrics: dict) -> str:
+        name = self.cfg.selection_metric
+        value = metrics[name]  # None when NaN/undefined: never counts as a best
+        if value is not None and (self.best is None or value > self.best[name]):
+            self.best, self.best_epoch = dict(metrics), self.epoch
+        if self.epoch >= self.cfg.epochs:
+            self.done = True
+            return "completed"
+        if self.cfg.patience and self.epoch - (self.best_epoch or 0) >= self.cfg.patience:
+            self.done = True
+            self.log(f"early stop: no new best {name} for {self.cfg.patience} epochs")
+            return "early_stopped"
+        return "running"
+
+    # --- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly; tensors and plain Python only (loads with weights_only=True)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best": self.best,
+                "best_epoch": self.best_epoch, "history": self.history,
+                "diverged_at": self.diverged_at, "rng": ckpt.rng_state(), "config": self.cfg.to_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
+        self.history = list(state["history"])
+        self.diverged_at = state.get("diverged_at")
+        # A finished run stays finished, except that a larger cfg.epochs extends a completed one.
+        last = self.history[-1].get(M.STATUS) if self.history else None
+        self.done = self.diverged_at is not None or last == "early_stopped"
+        ckpt.set_rng_state(state["rng"])
+
+    def save_checkpoint(self, directory, metrics: dict) -> None:
+        """model.safetensors, trainer_state.pt, config.yaml, metrics.json, split.csv, preprocess.json."""
+        state = self.state_dict()
+        ckpt.save_checkpoint_files(Path(directory), model_state=state.pop("model"), trainer_state=state,
+                                   cfg=self.cfg, metrics=metrics, data=self.data,
+                                   mean=self.model.input_mean, std=self.model.input_std)
+
+    def load_checkpoint(self, directory) -> None:
+        """Restore a folder written by save_checkpoint (weights, optimizer, schedule, RNG, history)."""
+        state = ckpt.load_trainer_state(Path(directory))
+        state["model"] = ckpt.load_weights(Path(directory) / ckpt.WEIGHTS)
+        self.load_state_dict(state)
