@@ -1,0 +1,1 @@
+"""One module per family of dataset layouts; hyperiqa.data.datasets holds the registry."""
