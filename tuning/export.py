@@ -1,0 +1,190 @@
+"""Export a search: best configuration, best-epoch checkpoint, trials table, curves, importance, summary.
+
+    python tuning/export.py EXPERIMENT_PATH [--out DIR]
+
+re-exports any finished or interrupted experiment (EXPERIMENT_PATH = storage path / name). The
+folder is built beside its destination and renamed into place, so a reader never sees half of it.
+
+    best_config.yaml   full TrainConfig of the best trial (python -m hyperiqa.train --config best_config.yaml)
+    checkpoint/        the best epoch of the best trial (not its last): the solver's checkpoint files
+    metrics.json       what that epoch reported, with the trial id and its parameters
+    trials.csv         one row per trial: params, best and last metric, best epoch, epochs run, how it ended
+    curves.png         the metric per epoch for every trial
+    importance.json    Optuna's parameter importance
+    summary.md         the above in short
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `tuning` and `hyperiqa` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import csv
+import io
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text, run_cli
+from tuning import report
+from tuning.plan import SEARCH_FILE, Plan, absolute
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    rows: list[report.TrialRow]
+    best: report.TrialRow | None
+    table: list[dict]
+
+
+def load_plan(experiment_path: str) -> Plan:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path else \
+        (pyarrow.fs.LocalFileSystem(), experiment_path)
+    try:
+        with fs.open_input_stream(f"{path.rstrip('/')}/{SEARCH_FILE}") as fh:
+            text = fh.readall().decode()
+    except (FileNotFoundError, OSError):
+        raise UserError(f"{experiment_path}: no {SEARCH_FILE}; not an experiment folder written by "
+                        "tuning/search.py (give storage-path/name)") from None
+    return Plan.from_json(text, source=f"{experiment_path}/{SEARCH_FILE}")
+
+
+def save_plan(plan: Plan) -> None:
+    import pyarrow.fs
+
+    if "://" in plan.experiment_path:
+        fs, path = pyarrow.fs.FileSystem.from_uri(plan.experiment_path)
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path}/{SEARCH_FILE}") as fh:
+            fh.write(plan.to_json().encode())
+    else:
+        atomic_write_text(Path(plan.experiment_path) / SEARCH_FILE, plan.to_json())
+
+
+def export_experiment(experiment_path: str, out_dir: str | None = None, *, log=print) -> ExportResult:
+    from ray import tune
+
+    plan = load_plan(experiment_path)
+    space = plan.search_space
+    try:
+        analysis = tune.ExperimentAnalysis(experiment_path, default_metric=plan.metric, default_mode="max")
+    except ValueError as exc:
+        raise UserError(f"{experiment_path}: no Ray Tune experiment state yet ({exc})") from None
+    grid = tune.ResultGrid(analysis)  # one Result per trial, in analysis.trials order
+    rows = []
+    for trial, result in zip(analysis.trials, grid):
+        frame = analysis.trial_dataframes.get(trial.trial_id)
+        epochs = frame.to_dict("records") if frame is not None and len(frame) else []
+        rows.append(report.make_row(trial.trial_id, result.config or {}, trial.status, epochs, plan.metric,
+                                    plan.max_epochs))
+    target = Path(out_dir or plan.export_dir).expanduser().resolve()
+    params = [p.name for p in space.params]
+    entries = report.table(rows, plan.metric, params)
+    finite = [r for r in rows if math.isfinite(r.best)]
+    best_row = max(finite, key=lambda r: r.best) if finite else None
+    with _staging(target) as tmp:
+        _write_trials_csv(tmp / "trials.csv", entries)
+        report.plot_curves(rows, plan.metric, best_row.trial_id if best_row else None, tmp / "curves.png")
+        atomic_write_json(tmp / "importance.json", report.importance(rows, space.distributions()))
+        if best_row is not None:
+            _export_best(grid, plan, space, best_row, tmp)
+        atomic_write_text(tmp / "summary.md", _summary(plan, rows, best_row, entries))
+    log(f"export: {target}")
+    return ExportResult(target, rows, best_row, entries)
+
+
+def _export_best(grid, plan: Plan, space, best_row: report.TrialRow, tmp: Path) -> None:
+    """Copy the best epoch's checkpoint of the best trial (Ray keeps checkpoints ranked by the metric)."""
+    best = grid.get_best_result(metric=plan.metric, mode="max", scope="all")
+    checkpoint = best.get_best_checkpoint(plan.metric, "max")
+    if checkpoint is None:
+        raise UserError(f"the best trial ({best.path}) kept no checkpoint to export")
+    checkpoint.to_directory(str(tmp / "checkpoint"))
+    ckpt_metrics = json.loads((tmp / "checkpoint" / "metrics.json").read_text())
+    cfg = space.config_for(plan.base_config, best.config or {}, source="best trial")
+    # Runtime settings the search chose for sharing the machine; a standalone run picks its own.
+    cfg = cfg.replace(device="auto", num_threads=0, gpu_memory_fraction=None)
+    cfg.save(tmp / "best_config.yaml")
+    trial_id = best.metrics.get("trial_id", best_row.trial_id)
+    atomic_write_json(tmp / "metrics.json", {"trial": trial_id, "params": best.config, "metric": plan.metric,
+                                             "epoch": ckpt_metrics.get("epoch"), **_plain(ckpt_metrics)})
+
+
+def _plain(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def _write_trials_csv(path: Path, entries: list[dict]) -> None:
+    buffer = io.StringIO()
+    if entries:
+        writer = csv.DictWriter(buffer, fieldnames=list(entries[0]))
+        writer.writeheader()
+        writer.writerows(entries)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _summary(plan: Plan, rows, best_row, entries) -> str:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.ended] = counts.get(row.ended, 0) + 1
+    lines = [f"# Search {plan.name}", "",
+             f"- dataset: {plan.base['dataset']}; space: {plan.space_source}; searcher: {plan.searcher} (seed {plan.seed})",
+             f"- metric: {plan.metric}; ASHA max {plan.max_epochs} epochs, grace {plan.grace_period}, "
+             f"reduction factor {plan.reduction_factor:g}",
+             f"- trials: {len(rows)} (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")"]
+    if best_row is not None:
+        lines.append(f"- best: trial {best_row.trial_id}, {plan.metric} {best_row.best:.4f} at epoch "
+                     f"{best_row.best_epoch}; params {best_row.params}")
+    lines += ["", "```", report.text_table(entries), "```", "",
+              "Files: best_config.yaml, checkpoint/ (best epoch of the best trial), metrics.json, trials.csv, "
+              "curves.png, importance.json.", ""]
+    if plan.metric.startswith("test_"):
+        lines.insert(2, "**Selected on the TEST split: the reported test score is optimistic.**\n")
+    return "\n".join(lines)
+
+
+class _staging:
+    """Build the folder under a temporary name beside `target`, then swap it in."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.tmp-"))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = self.target.with_name(f".{self.target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if self.target.exists():
+            self.target.rename(old)
+        self.tmp.rename(self.target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python tuning/export.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment_path", help="the experiment folder: --storage-path/--name of the search")
+    parser.add_argument("--out", help="export folder (default: the search's --export-dir)")
+    args = parser.parse_args(argv)
+    result = export_experiment(absolute(args.experiment_path), args.out)
+    print(report.text_table(result.table))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,149 @@
+"""What an experiment's trials did: one row per trial, how it ended, curves, parameter importance.
+
+No Ray imports: rows are built from Ray's trial status and per-epoch results by tuning/export.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# How a trial ended (trials.csv "ended" column).
+COMPLETED, ASHA, DECLINE, DIVERGED, ERROR = "completed", "stopped by ASHA", "stopped for decline", "diverged", "error"
+UNFINISHED = "unfinished"  # the experiment was interrupted: --resume continues it
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    params: dict[str, Any]
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, metric) in epoch order
+    ended: str = UNFINISHED
+    epochs_run: int = 0
+    best: float = float("nan")
+    best_epoch: int | None = None
+    last: float = float("nan")
+
+
+def classify(ray_status: str, last_status: str | None, epochs_run: int, max_epochs: int) -> str:
+    """Ray's trial status plus the solver's last status -> how the trial ended."""
+    if ray_status == "ERROR":
+        return ERROR
+    if last_status == "diverged":
+        return DIVERGED
+    if last_status == "early_stopped":
+        return DECLINE
+    if last_status == "completed" or epochs_run >= max_epochs:
+        return COMPLETED
+    if ray_status == "TERMINATED":  # stopped from outside before max_epochs, without an error: the scheduler
+        return ASHA
+    return UNFINISHED
+
+
+def make_row(trial_id: str, params: dict, ray_status: str, epochs: list[dict], metric: str, max_epochs: int) -> TrialRow:
+    """epochs: the trial's reported results (possibly with an epoch repeated after a resume; the last one counts)."""
+    by_epoch = {int(r["epoch"]): r for r in epochs if _finite(r.get("epoch"))}
+    curve = [(e, float(by_epoch[e].get(metric, math.nan))) for e in sorted(by_epoch)]
+    row = TrialRow(trial_id, dict(params), curve)
+    last = by_epoch[max(by_epoch)] if by_epoch else {}
+    row.epochs_run = max(by_epoch) if by_epoch else 0
+    row.ended = classify(ray_status, last.get("status"), row.epochs_run, max_epochs)
+    finite = [(v, e) for e, v in curve if math.isfinite(v)]
+    if finite:
+        row.best, row.best_epoch = max(finite, key=lambda ve: (ve[0], -ve[1]))
+    if curve:
+        row.last = curve[-1][1]
+    return row
+
+
+def table(rows: list[TrialRow], metric: str, param_names: list[str]) -> list[dict[str, Any]]:
+    """trials.csv / summary rows, best trial first."""
+    out = []
+    for row in sorted(rows, key=lambda r: -r.best if math.isfinite(r.best) else math.inf):
+        entry: dict[str, Any] = {"trial": row.trial_id}
+        entry.update({name: row.params.get(name, "") for name in param_names})
+        entry.update({f"best_{metric}": _num(row.best), "best_epoch": row.best_epoch or "",
+                      f"last_{metric}": _num(row.last), "epochs_run": row.epochs_run, "ended": row.ended})
+        out.append(entry)
+    return out
+
+
+def text_table(entries: list[dict[str, Any]]) -> str:
+    if not entries:
+        return "(no trials)"
+    keys = list(entries[0])
+    cells = [[_fmt(e[k]) for k in keys] for e in entries]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
+    return "\n".join(lines)
+
+
+def plot_curves(rows: list[TrialRow], metric: str, best_id: str | None, path) -> None:
+    """The metric per epoch for every trial; a trial's line ends where it stopped, with a marker per ending."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = {COMPLETED: "o", ASHA: "x", DECLINE: "v", DIVERGED: "D", ERROR: "s", UNFINISHED: ">"}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        points = [(e, v) for e, v in row.curve if math.isfinite(v)]
+        if not points:
+            continue
+        xs, ys = zip(*points)
+        best = row.trial_id == best_id
+        line, = ax.plot(xs, ys, lw=2.5 if best else 1.0, alpha=1.0 if best else 0.6,
+                        ls="-" if row.ended == COMPLETED else "--", label=f"{row.trial_id} ({row.ended})")
+        ax.plot(xs[-1:], ys[-1:], markers.get(row.ended, "."), color=line.get_color(), ms=8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per epoch (dashed: stopped before the last epoch; thick: best trial)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def importance(rows: list[TrialRow], distributions: dict) -> dict[str, Any]:
+    """Optuna's parameter importance on a study rebuilt from the trials (value = each trial's best metric)."""
+    import optuna
+
+    usable = [r for r in rows if math.isfinite(r.best)]
+    searched = [n for n, d in distributions.items() if not _single_choice(d)]
+    if len(usable) < 3 or not searched:
+        return {"importances": {}, "note": f"not computed: {len(usable)} trials with a finite metric and "
+                                           f"{len(searched)} searched parameters (need >= 3 and >= 1)"}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for r in usable:
+        params = {k: v for k, v in r.params.items() if k in distributions}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: distributions[k] for k in params},
+                                                  value=r.best))
+    try:
+        values = optuna.importance.get_param_importances(study)
+    except (ValueError, RuntimeError) as exc:  # e.g. every trial has the same value
+        return {"importances": {}, "note": f"not computed: {exc}"}
+    return {"importances": {k: float(v) for k, v in values.items()}, "trials_used": len(usable),
+            "evaluator": "optuna default (PED-ANOVA); value = each trial's best metric"}
+
+
+def _single_choice(dist) -> bool:
+    return getattr(dist, "choices", None) is not None and len(dist.choices) == 1
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _num(value: float):
+    return round(value, 4) if math.isfinite(value) else ""
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:.4g}"
+    return str(value)
