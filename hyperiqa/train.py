@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from hyperiqa import checkpoint as ckpt
-from hyperiqa.config import TrainConfig, demo_config, parse_assignments
+from hyperiqa.config import TrainConfig, demo_config
 from hyperiqa.utils import UserError, atomic_write_text, run_cli
 
 
@@ -51,8 +51,9 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         changes["dataset"] = args.dataset
     if args.data_root:
         changes["data_root"] = str(Path(args.data_root).expanduser().resolve())
-    changes.update(parse_assignments(args.overrides))
-    return TrainConfig.from_dict({**cfg.to_dict(), **changes}, source="--set/--dataset/--data-root")
+    if changes:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), **changes}, source="--dataset/--data-root")
+    return cfg.with_overrides(args.overrides, source="--set") if args.overrides else cfg
 
 
 def summary(cfg: TrainConfig) -> str:
