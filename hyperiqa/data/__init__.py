@@ -1,0 +1,77 @@
+"""Data layer: dataset readers -> seeded split -> decoded cache -> patch batches on the training device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from hyperiqa.data.cache import DecodedCache
+from hyperiqa.data.patches import EvalCrops, TrainPatchSampler
+from hyperiqa.utils import UserError, default_cache_dir
+
+if TYPE_CHECKING:
+    from hyperiqa.config import TrainConfig
+    from hyperiqa.data.datasets import DatasetSpec
+    from hyperiqa.data.splits import Split
+
+__all__ = ["DecodedCache", "EvalCrops", "PreparedData", "TrainPatchSampler", "prepare_data"]
+
+
+@dataclass
+class PreparedData:
+    spec: DatasetSpec
+    split: Split
+    cache: DecodedCache
+    labels: np.ndarray  # float32, one per record ("higher is better")
+    train: TrainPatchSampler
+    val: EvalCrops | None
+    test: EvalCrops | None
+
+
+def prepare_data(cfg: TrainConfig, *, device: torch.device | str, mean: Sequence[float], std: Sequence[float],
+                 log: Callable[[str], None] = print) -> PreparedData:
+    """Everything the solver reads, for one config. The cache covers all records of the dataset, so
+    every trial on a machine (whatever its split or seed) shares one decoded copy."""
+    from hyperiqa.data.datasets import dataset_from_config  # lazy: readers pull in xlsx/mat parsers
+    from hyperiqa.data.splits import make_split
+
+    device = torch.device(device)
+    spec = dataset_from_config(cfg)
+    split = make_split(spec, cfg)
+    if len(split.train) == 0:
+        raise UserError(f"{spec.name}: the split leaves no training images; lower val_fraction/test_fraction")
+    short_side = spec.default_short_side if cfg.resize_short_side is None else cfg.resize_short_side
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    cache = DecodedCache.build_or_open([r.path for r in spec.records], cache_dir=cache_dir / "decoded",
+                                       short_side=short_side or None,
+                                       resize_to=tuple(cfg.resize_to) if cfg.resize_to else None,
+                                       min_size=cfg.patch_size, workers=cfg.cache_workers, log=log)
+    labels = np.array([r.label for r in spec.records], dtype=np.float32)
+    cuda = device.type == "cuda"
+    common = dict(patch_size=cfg.patch_size, seed=cfg.seed, device=device, mean=mean, std=std,
+                  channels_last=cuda and cfg.channels_last)
+    # One device budget for all three splits, training first: it is read 25x more often per epoch.
+    budget = [int(cfg.device_cache_gb * 2**30) if cuda else 0]
+
+    def claim(indices: np.ndarray) -> int:
+        size = int((cache.shapes[indices, 0] * cache.shapes[indices, 1]).sum() * 3)
+        granted = budget[0] if size <= budget[0] else 0
+        budget[0] -= size if granted else 0
+        return granted
+
+    train = TrainPatchSampler(cache, split.train, labels, patches_per_image=cfg.train_patches,
+                              batch_size=cfg.batch_size, hflip=cfg.hflip, device_cache_bytes=claim(split.train),
+                              **common)
+
+    def crops(indices: np.ndarray) -> EvalCrops | None:
+        if len(indices) == 0:
+            return None
+        return EvalCrops(cache, indices, crops_per_image=cfg.test_patches, batch_size=cfg.eval_batch_size,
+                         device_cache_bytes=claim(indices), **common)
+
+    return PreparedData(spec, split, cache, labels, train, crops(split.val), crops(split.test))
