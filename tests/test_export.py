@@ -37,13 +37,13 @@ def test_how_a_trial_ended(ray_status, epochs, expected):
     assert row.ended == expected
 
 
-def test_row_keeps_the_last_report_of_a_repeated_epoch_and_the_earliest_best():
+def test_row_keeps_the_last_report_of_a_repeated_epoch_and_the_later_of_tied_bests():
     # After a resume an epoch can be reported twice; the later report is the one the checkpoint holds.
     epochs = _epochs([0.2, 0.5, 0.9]) + [{"epoch": 3, "val_srcc": 0.7, "status": "running"},
                                          {"epoch": 4, "val_srcc": 0.7, "status": "completed"}]
     row = report.make_row("t", {}, "TERMINATED", epochs, "val_srcc", max_epochs=4)
     assert row.curve == [(1, 0.2), (2, 0.5), (3, 0.7), (4, 0.7)]
-    assert (row.best, row.best_epoch, row.last, row.epochs_run) == (0.7, 3, 0.7, 4)
+    assert (row.best, row.best_epoch, row.last, row.epochs_run) == (0.7, 4, 0.7, 4)
 
 
 def test_table_sorts_best_first_and_csv_round_trips(tmp_path):

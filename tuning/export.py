@@ -87,36 +87,45 @@ def export_experiment(experiment_path: str, out_dir: str | None = None, *, log=p
         rows.append(report.make_row(trial.trial_id, result.config or {}, trial.status, epochs, plan.metric,
                                     plan.max_epochs))
     target = Path(out_dir or plan.export_dir).expanduser().resolve()
-    params = [p.name for p in space.params]
-    entries = report.table(rows, plan.metric, params)
-    finite = [r for r in rows if math.isfinite(r.best)]
-    best_row = max(finite, key=lambda r: r.best) if finite else None
+    best, best_row = _best_trial(grid, rows, plan.metric)
+    entries = report.table(rows, plan.metric, [p.name for p in space.params],
+                           first=best_row.trial_id if best_row else None)
     with _staging(target) as tmp:
         _write_trials_csv(tmp / "trials.csv", entries)
         report.plot_curves(rows, plan.metric, best_row.trial_id if best_row else None, tmp / "curves.png")
         atomic_write_json(tmp / "importance.json", report.importance(rows, space.distributions()))
-        if best_row is not None:
-            _export_best(grid, plan, space, best_row, tmp)
+        if best is not None:
+            _export_best(best, best_row, plan, space, tmp)
         atomic_write_text(tmp / "summary.md", _summary(plan, rows, best_row, entries))
     log(f"export: {target}")
     return ExportResult(target, rows, best_row, entries)
 
 
-def _export_best(grid, plan: Plan, space, best_row: report.TrialRow, tmp: Path) -> None:
-    """Copy the best epoch's checkpoint of the best trial (Ray keeps checkpoints ranked by the metric)."""
-    best = grid.get_best_result(metric=plan.metric, mode="max", scope="all")
-    checkpoint = best.get_best_checkpoint(plan.metric, "max")
-    if checkpoint is None:
-        raise UserError(f"the best trial ({best.path}) kept no checkpoint to export")
+def _best_trial(grid, rows: list[report.TrialRow], metric: str):
+    """Ray's best trial by its best epoch (scope "all"), and our row for it; (None, None) if nothing finite."""
+    if not any(math.isfinite(r.best) for r in rows):
+        return None, None
+    best = grid.get_best_result(metric=metric, mode="max", scope="all")
+    trial_id = best.metrics.get("trial_id")
+    return best, next(r for r in rows if r.trial_id == trial_id)
+
+
+def _export_best(best, best_row: report.TrialRow, plan: Plan, space, tmp: Path) -> None:
+    """Copy the best epoch's checkpoint of the best trial: Ray keeps each trial's checkpoints ranked by the metric."""
+    kept = [(c, m) for c, m in best.best_checkpoints or [] if report.finite(m.get(plan.metric))]
+    if not kept:
+        raise UserError(f"the best trial ({best.path}) kept no checkpoint with a finite {plan.metric}")
+    # Result.get_best_checkpoint(metric, "max") with one tie rule added: equal scores go to the later
+    # epoch, which is the one the ranking keeps when it has to drop one of them (and trials.csv says).
+    checkpoint, _ = max(kept, key=lambda cm: (cm[1][plan.metric], cm[1].get("epoch", 0)))
     checkpoint.to_directory(str(tmp / "checkpoint"))
     ckpt_metrics = json.loads((tmp / "checkpoint" / "metrics.json").read_text())
     cfg = space.config_for(plan.base_config, best.config or {}, source="best trial")
     # Runtime settings the search chose for sharing the machine; a standalone run picks its own.
     cfg = cfg.replace(device="auto", num_threads=0, gpu_memory_fraction=None)
     cfg.save(tmp / "best_config.yaml")
-    trial_id = best.metrics.get("trial_id", best_row.trial_id)
-    atomic_write_json(tmp / "metrics.json", {"trial": trial_id, "params": best.config, "metric": plan.metric,
-                                             "epoch": ckpt_metrics.get("epoch"), **_plain(ckpt_metrics)})
+    atomic_write_json(tmp / "metrics.json", {"trial": best_row.trial_id, "params": best.config,
+                                             "metric": plan.metric, **_plain(ckpt_metrics)})
 
 
 def _plain(metrics: dict) -> dict:

@@ -42,6 +42,7 @@ class Plan:
     storage_path: str     # absolute local folder or a URI (s3://, gs://, ...)
     name: str
     export_dir: str
+    max_concurrent: int | None = None  # None: as many trials at once as the resources allow
 
     @property
     def base_config(self) -> TrainConfig:
@@ -102,9 +103,11 @@ def make_plan(args) -> Plan:
     export_dir = absolute(args.export_dir or str(Path("exports") / name))
     num_samples = args.num_samples or (8 if base.dataset == "demo" else 32)
     raw_space = _raw_space(space_file)
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UserError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
     return Plan(base.to_dict(), raw_space, space_file.source, args.metric, args.searcher, args.seed, num_samples,
                 max_epochs, grace, args.reduction_factor, gpus, gpus_per_trial, cpus_per_trial, storage, name,
-                export_dir)
+                export_dir, args.max_concurrent)
 
 
 def _base_config(args) -> TrainConfig:

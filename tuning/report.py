@@ -6,6 +6,7 @@ No Ray imports: rows are built from Ray's trial status and per-epoch results by 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,24 +44,25 @@ def classify(ray_status: str, last_status: str | None, epochs_run: int, max_epoc
 
 def make_row(trial_id: str, params: dict, ray_status: str, epochs: list[dict], metric: str, max_epochs: int) -> TrialRow:
     """epochs: the trial's reported results (possibly with an epoch repeated after a resume; the last one counts)."""
-    by_epoch = {int(r["epoch"]): r for r in epochs if _finite(r.get("epoch"))}
+    by_epoch = {int(r["epoch"]): r for r in epochs if finite(r.get("epoch"))}
     curve = [(e, float(by_epoch[e].get(metric, math.nan))) for e in sorted(by_epoch)]
     row = TrialRow(trial_id, dict(params), curve)
     last = by_epoch[max(by_epoch)] if by_epoch else {}
     row.epochs_run = max(by_epoch) if by_epoch else 0
     row.ended = classify(ray_status, last.get("status"), row.epochs_run, max_epochs)
-    finite = [(v, e) for e, v in curve if math.isfinite(v)]
-    if finite:
-        row.best, row.best_epoch = max(finite, key=lambda ve: (ve[0], -ve[1]))
+    scored = [(v, e) for e, v in curve if math.isfinite(v)]
+    if scored:
+        # On a tie the later epoch wins, as in Ray's checkpoint ranking: that is the checkpoint it keeps.
+        row.best, row.best_epoch = max(scored)
     if curve:
         row.last = curve[-1][1]
     return row
 
 
-def table(rows: list[TrialRow], metric: str, param_names: list[str]) -> list[dict[str, Any]]:
-    """trials.csv / summary rows, best trial first."""
+def table(rows: list[TrialRow], metric: str, param_names: list[str], first: str | None = None) -> list[dict[str, Any]]:
+    """trials.csv / summary rows, best metric first (`first` leads among equal ones: the exported trial)."""
     out = []
-    for row in sorted(rows, key=lambda r: -r.best if math.isfinite(r.best) else math.inf):
+    for row in sorted(rows, key=lambda r: (-r.best if math.isfinite(r.best) else math.inf, r.trial_id != first)):
         entry: dict[str, Any] = {"trial": row.trial_id}
         entry.update({name: row.params.get(name, "") for name in param_names})
         entry.update({f"best_{metric}": _num(row.best), "best_epoch": row.best_epoch or "",
@@ -124,18 +126,21 @@ def importance(rows: list[TrialRow], distributions: dict) -> dict[str, Any]:
         study.add_trial(optuna.trial.create_trial(params=params, distributions={k: distributions[k] for k in params},
                                                   value=r.best))
     try:
-        values = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():  # "few trials in a regime": expected in small searches, said in the note
+            warnings.simplefilter("ignore")
+            values = optuna.importance.get_param_importances(study)
     except (ValueError, RuntimeError) as exc:  # e.g. every trial has the same value
         return {"importances": {}, "note": f"not computed: {exc}"}
     return {"importances": {k: float(v) for k, v in values.items()}, "trials_used": len(usable),
-            "evaluator": "optuna default (PED-ANOVA); value = each trial's best metric"}
+            "evaluator": "optuna default (PED-ANOVA); value = each trial's best metric",
+            "note": "rough with few trials; ASHA-stopped trials count with the best value they reached"}
 
 
 def _single_choice(dist) -> bool:
     return getattr(dist, "choices", None) is not None and len(dist.choices) == 1
 
 
-def _finite(value) -> bool:
+def finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 

@@ -1,0 +1,164 @@
+"""Hyperparameter search for HyperIQA on Ray Tune: ASHA stops trials falling behind, Optuna proposes the next.
+
+    python tuning/search.py                 # the demo: generated dataset, CPU, a few minutes
+    python tuning/search.py --gpus 4 --dataset koniq10k --data-root /data/koniq10k
+
+Every trial trains the fixed solver with one sampled configuration and reports image-level
+SRCC/PLCC per epoch; the search ends with an export folder (see tuning/export.py).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `tuning` and `hyperiqa` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import os
+import time
+
+from hyperiqa.config import SELECTION_METRICS
+from hyperiqa.utils import UserError, run_cli
+from tuning.plan import SEARCH_FILE, absolute, describe_defaults, is_uri, make_plan
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = describe_defaults()
+    p = argparse.ArgumentParser(prog="python tuning/search.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = p.add_argument_group("resources")
+    r.add_argument("--gpus", type=float, default=0, metavar="N", help="GPUs to use in total; 0 = CPU (default 0)")
+    r.add_argument("--gpus-per-trial", type=float, metavar="G",
+                   help="GPUs per trial; fractions share a GPU and cap each trial's GPU memory to its share "
+                        "(default 1 with --gpus, else 0)")
+    r.add_argument("--max-concurrent", type=int, metavar="N",
+                   help="at most N trials at once (default: as many as --gpus and the cluster's CPUs allow)")
+    r.add_argument("--cpus-per-trial", type=float, default=1, metavar="C",
+                   help="CPUs per trial, also its torch threads (default 1)")
+    s = p.add_argument_group("what to search")
+    s.add_argument("--dataset", default="demo", help="dataset reader: koniq10k, livec, bid, live, csiq, tid2013, "
+                                                     "kadid10k, spaq, csv, demo (default demo)")
+    s.add_argument("--data-root", metavar="DIR", help="dataset folder (not needed for the demo)")
+    s.add_argument("--space", help=f"a name under search_spaces/ or a YAML path (default: {d['space']})")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="fixed TrainConfig setting for every trial, e.g. --set batch_size=64 (repeatable)")
+    s.add_argument("--metric", default="val_srcc", choices=SELECTION_METRICS,
+                   help="what ASHA, Optuna and the export maximise (default val_srcc; test_srcc reproduces "
+                        "the paper's protocol, which selects on the test split)")
+    b = p.add_argument_group("budget and scheduling")
+    b.add_argument("--num-samples", type=int, metavar="N", help=f"trials (default: {d['num_samples']})")
+    b.add_argument("--max-epochs", type=int, metavar="E", help=f"epochs of a trial that is never stopped "
+                                                              f"(default: {d['max_epochs']})")
+    b.add_argument("--grace-period", type=int, metavar="E", help=f"epochs before ASHA may stop a trial "
+                                                                f"(default: {d['grace_period']})")
+    b.add_argument("--reduction-factor", type=float, default=2.0, metavar="F",
+                   help="ASHA keeps 1/F of the trials at each rung (default 2)")
+    b.add_argument("--patience", type=int, metavar="E", help=f"stop a trial whose metric has not improved on its own "
+                                                            f"best for E epochs, 0 = never (default: {d['patience']})")
+    b.add_argument("--searcher", default="optuna", choices=("optuna", "random"),
+                   help="optuna = TPE; random = random sampling (both start with the space's start points)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial (default 0)")
+    o = p.add_argument_group("experiment, cluster and output")
+    o.add_argument("--storage-path", default="ray_results", metavar="PATH",
+                   help="where trials and checkpoints go: a folder, NFS, or s3://... (default ./ray_results); "
+                        "multi-node clusters need storage every node can reach")
+    o.add_argument("--name", help="experiment name (default <dataset>-<space>-<time>); with --resume: which one")
+    o.add_argument("--resume", action="store_true",
+                   help="continue the experiment --name (default: the newest under --storage-path); finished "
+                        "trials are kept, unfinished ones continue from their checkpoints")
+    o.add_argument("--address", help="join a running Ray cluster (auto, or HOST:PORT of `ray start --head`)")
+    o.add_argument("--dashboard-host", default="127.0.0.1",
+                   help="interface of the Ray dashboard (default 127.0.0.1; anything else prints a warning)")
+    o.add_argument("--dashboard-port", type=int, metavar="PORT", help="dashboard port (default 8265 or the next free)")
+    o.add_argument("--export-dir", metavar="DIR", help="export folder (default exports/<name>)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    plan = resume_plan(args) if args.resume else new_plan(args)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    from tuning import launch
+    from tuning.export import export_experiment, save_plan
+
+    launch.start_ray(args.address, args.dashboard_host, args.dashboard_port)
+    if args.resume:
+        tuner = launch.restore_tuner(plan)
+    else:
+        tuner = launch.build_tuner(plan)
+        save_plan(plan)
+    print(f"experiment: {plan.experiment_path} ({plan.num_samples} trials, up to {plan.max_epochs} epochs each)")
+    start = time.monotonic()
+    tuner.fit()
+    minutes = (time.monotonic() - start) / 60
+    result = export_experiment(plan.experiment_path, plan.export_dir, log=lambda *_: None)
+    _print_summary(plan, result, minutes)
+    return 0
+
+
+def new_plan(args):
+    plan = make_plan(args)  # every check that needs no Ray: space, --set, dataset, resources
+    if _has_state(plan.experiment_path):
+        raise UserError(f"--name {plan.name}: {plan.experiment_path} already holds an experiment; "
+                        "add --resume to continue it or choose another --name")
+    if plan.metric.startswith("test_"):
+        print(f"warning: --metric {plan.metric} selects trials and epochs on the TEST split (the paper's protocol): "
+              "the reported test score is optimistic; use val_srcc for an honest estimate", file=sys.stderr)
+    return plan
+
+
+def resume_plan(args):
+    from tuning.export import load_plan
+
+    storage = absolute(args.storage_path)
+    name = args.name or _newest_experiment(storage)
+    plan = load_plan(f"{storage.rstrip('/')}/{name}")
+    print(f"resuming {plan.experiment_path} with its saved settings (other search flags are ignored)")
+    if args.export_dir:
+        import dataclasses
+
+        plan = dataclasses.replace(plan, export_dir=absolute(args.export_dir))
+    return plan
+
+
+def _has_state(experiment_path: str) -> bool:
+    if is_uri(experiment_path):
+        return False  # Tune itself refuses to overwrite; checked locally only to fail before Ray starts
+    return any(Path(experiment_path).glob("experiment_state-*.json"))
+
+
+def _newest_experiment(storage: str) -> str:
+    if is_uri(storage):
+        raise UserError("--resume with a remote --storage-path needs --name")
+    found = sorted(Path(storage).glob(f"*/{SEARCH_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError(f"--resume: no experiment under {storage}; give --storage-path and --name")
+    return found[-1].parent.name
+
+
+def _print_summary(plan, result, minutes: float) -> None:
+    from tuning import report
+
+    counts: dict[str, int] = {}
+    for row in result.rows:
+        counts[row.ended] = counts.get(row.ended, 0) + 1
+    print(f"\nsearch finished in {minutes:.1f} min: {len(result.rows)} trials ("
+          + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")")
+    print(report.text_table(result.table))
+    out = result.out_dir
+    if result.best is None:
+        print(f"\nno trial reported a finite {plan.metric}; nothing to export but the table: {out}")
+        return
+    print(f"\nbest: trial {result.best.trial_id}, {plan.metric} {result.best.best:.4f} at epoch "
+          f"{result.best.best_epoch}\nexport: {out}")
+    print("\nnext steps:\n"
+          f"  python -m hyperiqa.evaluate --checkpoint {out}/checkpoint --split test   # score the exported model\n"
+          f"  python -m hyperiqa.predict --checkpoint {out}/checkpoint IMAGE_OR_FOLDER  # score your images\n"
+          f"  python -m hyperiqa.train --config {out}/best_config.yaml                  # retrain the best setting\n"
+          f"  python tuning/export.py {plan.experiment_path}   # re-export; --resume continues an interrupted search")
+
+
+if __name__ == "__main__":
+    run_cli(main)
