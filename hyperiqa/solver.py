@@ -102,7 +102,7 @@ class Solver:
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         preds, labels = [], []
         start = last_log = time.monotonic()
-        seen = 0
+        seen, check_every = 0, max(n_batches // 10, 1)
         lrs = [g["lr"] for g in self.optimizer.param_groups]
         for i, (x, y) in enumerate(sampler.epoch(self.epoch), 1):
             with self._autocast():
@@ -119,13 +119,14 @@ class Solver:
             preds.append(pred.detach())
             labels.append(y)
             seen += len(y)
-            now = time.monotonic()
-            if i < n_batches and (i % max(n_batches // 10, 1) == 0 or now - last_log >= 10):
-                last_log = now
-                if not torch.isfinite(loss_sum):  # one sync, only at progress points
+            if i < n_batches and i % check_every == 0:  # ~10 checks per epoch, one sync each
+                if not torch.isfinite(loss_sum):
                     break
-                self.log(f"  epoch {epoch} [{i}/{n_batches}] loss {loss_sum.item() / seen:.4f} "
-                         f"{seen / (now - start):.0f} patches/s")
+                now = time.monotonic()
+                if now - last_log >= 10:  # progress only for slow epochs, at most every 10 s
+                    last_log = now
+                    self.log(f"  epoch {epoch} [{i}/{n_batches}] loss {loss_sum.item() / seen:.4f} "
+                             f"{seen / (now - start):.0f} patches/s")
         total = loss_sum.item()  # the epoch's one sync
         elapsed = max(time.monotonic() - start, 1e-9)
         out = {M.LR_BACKBONE: lrs[0], M.LR_HEAD: lrs[1], M.PATCHES_PER_S: seen / elapsed}
