@@ -18,7 +18,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from hyperiqa.config import ConfigError, TrainConfig
+from hyperiqa.config import TrainConfig
 from hyperiqa.utils import UserError, atomic_write_bytes, atomic_write_json
 
 WEIGHTS, TRAINER_STATE, CONFIG, METRICS, SPLIT, PREPROCESS = (
@@ -120,16 +120,7 @@ def load_model(path) -> tuple:
             raise UserError(f"{path}: weights do not match the model in {folder / CONFIG}: {exc}") from None
         return model.eval(), cfg
     if path.suffix in ORIGINAL_SUFFIXES:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UserError(f"{path}: not a loadable PyTorch state dict ({type(exc).__name__}); expected an "
-                            "original HyperIQA checkpoint saved with torch.save(model.state_dict())") from None
-        try:
-            return HyperIQA.from_original_checkpoint(state).eval(), None
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise UserError(f"{path}: not an original HyperIQA state dict ({exc})") from None
+        # Read with weights_only=True inside; a file that is not an original state dict is a UserError.
+        return HyperIQA.from_original_checkpoint(path).eval(), None
     raise UserError(f"checkpoint {path}: expected a checkpoint folder, a model.safetensors inside one, "
                     f"or an original HyperIQA state dict ({', '.join(ORIGINAL_SUFFIXES)})")

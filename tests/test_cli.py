@@ -119,3 +119,31 @@ def test_bad_config_file_key_and_missing_checkpoint(tmp_path, capsys):
     assert code == 2 and "lr_raito" in err and "lr_ratio" in err and str(cfg) in err
     code, _, err = cli(predict.main, ["--checkpoint", str(tmp_path / "nope"), str(tmp_path)], capsys)
     assert code == 2 and "nope" in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_accepts_an_original_checkpoint(tmp_path, capsys):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from hyperiqa.models import HyperIQA
+    from hyperiqa.models.convert import to_original_name
+
+    torch.manual_seed(0)
+    ours = HyperIQA("resnet50", pretrained=False).eval()
+    prefix = "backbone.features."
+    original = {("res." + k[len(prefix):]) if k.startswith(prefix) else to_original_name(k): v
+                for k, v in ours.state_dict().items()}
+    torch.save(original, tmp_path / "koniq_pretrained.pkl")
+    pixels = np.random.default_rng(1).integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    code, out, err = cli(predict.main, ["--checkpoint", str(tmp_path / "koniq_pretrained.pkl"),
+                                        str(tmp_path / "a.png"), "--crops", "2"], capsys)
+    assert code == 0, err
+    score = float(out.strip().splitlines()[1].split(",")[1])
+    # A 224x224 image is its own crop: the score is the model on the ImageNet-normalised image.
+    x = torch.from_numpy(pixels).permute(2, 0, 1).float().div(255)[None]
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    with torch.no_grad():
+        expected = ours((x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)).item()
+    assert score == pytest.approx(expected, abs=1e-5)
