@@ -22,6 +22,7 @@ import torch
 
 from hyperiqa.data.cache import DecodedCache
 
+_UPLOAD_BYTES = 256 * 2**20  # host staging per copy when the split is uploaded to the device
 _EVAL_STREAM = 0x5EED_E7A1  # separates the evaluation crops' random stream from the training epochs'
 
 
@@ -53,9 +54,12 @@ class _ImageStore:
         row = patch_size * 3
         self.on_device = device.type != "cpu" and int(sizes.sum()) <= device_cache_bytes
         if self.on_device:
-            flat = np.concatenate([cache.image(int(i)).reshape(-1) for i in indices])
-            self.offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
-            data = torch.from_numpy(flat).to(device)
+            offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+            self.offsets = torch.from_numpy(offsets)
+            data = torch.empty(int(sizes.sum()), dtype=torch.uint8, device=device)
+            for chunk in _chunks(sizes, _UPLOAD_BYTES):  # bounded host memory, whatever the split's size
+                flat = np.concatenate([cache.image(int(indices[i])).reshape(-1) for i in chunk])
+                data[offsets[chunk[0]]:offsets[chunk[0]] + flat.size].copy_(torch.from_numpy(flat))
             self.windows = data.as_strided((data.numel() - row + 1, row), (1, 1))
         else:
             # Zero-copy view of the memmap: every trial on the machine reads the same page-cache pages.
@@ -81,6 +85,18 @@ class _ImageStore:
         if self.device.type == "cpu":
             return crops
         return crops.pin_memory().to(self.device, non_blocking=True)
+
+
+def _chunks(sizes: np.ndarray, limit: int) -> list[list[int]]:
+    """Consecutive positions grouped so that each group's total size stays near `limit`."""
+    groups, current, total = [], [], 0
+    for i, size in enumerate(sizes):
+        if current and total + size > limit:
+            groups.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += int(size)
+    return [*groups, current] if current else groups
 
 
 class _Normaliser:
