@@ -112,6 +112,8 @@ def test_eval_crops_fixed_and_complete(cache):
 def test_rejects_bad_inputs(cache):
     with pytest.raises(ValueError, match="smaller than the patch size"):
         _train(cache, patch_size=12)
+    with pytest.raises(ValueError, match="epoch must be >= 0"):
+        next(_train(cache).epoch(-1))
     with pytest.raises(ValueError, match="one per cache record"):
         TrainPatchSampler(cache, INDICES, LABELS[:4], patch_size=P, patches_per_image=1, batch_size=2,
                           hflip=False, seed=0, device="cpu", mean=MEAN, std=STD)

@@ -239,7 +239,8 @@ def _decode_all(data_path: Path, paths: list[str], rule: dict, workers: int, log
 
 def _map_chunks(paths: list[str], rule: dict, workers: int):
     """Yield decoded chunks as they finish; at most 2 chunks per worker in flight bounds memory."""
-    chunks = [list(enumerate(paths))[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
+    items = list(enumerate(paths))
+    chunks = [items[i:i + _CHUNK] for i in range(0, len(items), _CHUNK)]
     workers = min(workers or os.cpu_count() or 1, len(chunks))
     if workers <= 1:  # in-process: no start-up cost for tiny datasets
         for chunk in chunks:

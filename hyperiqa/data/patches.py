@@ -191,6 +191,8 @@ class TrainPatchSampler:
 
     def plan(self, epoch: int) -> CropPlan:
         """The crops of `epoch`, a pure function of (seed, epoch)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
         gen = _generator(self.seed, epoch)
         n, p = len(self.indices), self.patch_size
         item = torch.randperm(self.num_patches, generator=gen) % n
