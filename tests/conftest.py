@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import csv
+import os
 
-import numpy as np
-import pytest
-from PIL import Image, ImageFilter
+# One intra-op thread, here and in every subprocess a test starts: the tensors are tiny, and on a
+# 2-core machine OpenMP threads that spin against any other load made steps 20x slower.
+os.environ["OMP_NUM_THREADS"] = "1"
 
-from hyperiqa.config import TrainConfig
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageFilter  # noqa: E402
+
+from hyperiqa.config import TrainConfig  # noqa: E402
+
+torch.set_num_threads(1)
 
 TINY_GROUPS, TINY_LEVELS, TINY_SIZE = 6, 4, 48
 
