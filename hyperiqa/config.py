@@ -33,6 +33,7 @@ SCHEDULES = ("step", "cosine", "constant", "exponential")
 OPTIMIZERS = ("adam", "adamw")
 SELECTION_METRICS = ("val_srcc", "val_plcc", "test_srcc", "test_plcc")
 SPLIT_MODES = ("random", "official", "file")
+LABEL_NORMS = ("none", "standardize")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,10 @@ class TrainConfig:
     min_lr_ratio: float = _f(0.01, min=0.0, max=1.0, doc="cosine: floor as a fraction of the initial LR")
     warmup_epochs: float = _f(0.0, min=0.0, doc="linear warmup length in epochs (fractions allowed)")
     grad_clip: float = _f(0.0, min=0.0, doc="clip the gradient norm to this (0 = off)")
+    label_norm: str = _f("none", choices=LABEL_NORMS,
+                         doc="standardize: the model's output is scaled and shifted by the training labels' "
+                             "std and mean (so its random-init output starts at the label mean); none: the "
+                             "paper's raw labels")
     # --- selection and stopping -------------------------------------------------------------
     selection_metric: str = _f("val_srcc", choices=SELECTION_METRICS)
     patience: int = _f(0, min=0, doc="stop after this many epochs without a new best (0 = never)")
@@ -168,7 +173,7 @@ def demo_config(**overrides) -> TrainConfig:
     """The built-in demo: a small random-init CNN on the generated demo dataset, sized for 2 CPU cores."""
     base = dict(dataset="demo", backbone="resnet10t", pretrained=False, patch_size=64, train_patches=6,
                 test_patches=4, batch_size=32, backbone_lr=1e-3, lr_ratio=1.0, weight_decay=0.0, epochs=5,
-                schedule="cosine", test_fraction=0.2, val_fraction=0.2)
+                schedule="cosine", test_fraction=0.2, val_fraction=0.2, label_norm="standardize")
     return TrainConfig.from_dict({**base, **overrides}, source="demo config")
 
 

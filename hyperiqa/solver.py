@@ -51,6 +51,8 @@ class Solver:
             data = prepare_data(cfg, device=self.device, mean=model.input_mean, std=model.input_std, log=log)
         self.data = data
         self._check_selection_metric()
+        if cfg.label_norm == "standardize":
+            self._standardize_output()
         # torch.compile wraps the module; self.model stays the plain one so state_dict keys never change.
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer = self._build_optimizer()
@@ -78,6 +80,12 @@ class Solver:
         if getattr(self.data, split) is None:
             raise ConfigError(f"selection_metric = {self.cfg.selection_metric!r}, but the split has no {split} "
                               f"images; raise {split}_fraction or choose another selection_metric")
+
+    def _standardize_output(self) -> None:
+        """Start the model's output at the training labels' mean and spread (load_state_dict keeps them)."""
+        labels = self.data.labels[self.data.split.train]
+        self.model.label_shift.fill_(float(labels.mean()))
+        self.model.label_scale.fill_(max(float(labels.std()), 1e-6))
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg

@@ -143,3 +143,18 @@ def test_evaluation_uses_fixed_crops(tiny_cfg):
     assert first == second
     assert set(first) == {"srcc", "plcc", "krcc", "rmse"}
     assert solver.evaluate("all")["rmse"] > 0
+
+
+def test_standardized_labels_set_the_output_affine_and_survive_checkpoints(tiny_cfg, tmp_path):
+    from hyperiqa.checkpoint import load_model
+
+    solver = Solver(tiny_cfg(epochs=1, label_norm="standardize"), log=quiet)
+    train_labels = solver.data.labels[solver.data.split.train]
+    assert float(solver.model.label_shift) == pytest.approx(float(train_labels.mean()), rel=1e-6)
+    assert float(solver.model.label_scale) == pytest.approx(float(train_labels.std()), rel=1e-6)
+    metrics = next(solver.epochs())
+    solver.save_checkpoint(tmp_path / "ck", metrics)
+    model, _ = load_model(tmp_path / "ck")
+    assert float(model.label_shift) == float(solver.model.label_shift)
+    plain = Solver(tiny_cfg(epochs=1), log=quiet)
+    assert float(plain.model.label_shift) == 0.0 and float(plain.model.label_scale) == 1.0

@@ -59,7 +59,7 @@ def load_original(cls, path_or_state_dict):
     head, backbone, unknown = split_original(state)
     model = cls("resnet50", pretrained=False)
     own = model.state_dict()
-    expected = [k for k in own if not k.startswith("backbone.")]
+    expected = [k for k in own if not k.startswith("backbone.") and not k.startswith("label_")]
     missing = [to_original_name(k) for k in expected if k not in head]
     if missing or not backbone:
         raise UserError(f"{source}: not an original HyperIQA checkpoint (keys res.*, conv1.*, fc1w_conv.* ...): "

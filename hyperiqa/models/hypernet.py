@@ -108,6 +108,10 @@ class HyperIQA(nn.Module):
                                    nn.Conv2d(c // 2, c // 4, 1), nn.ReLU(inplace=True),
                                    nn.Conv2d(c // 4, HYPER_CHANNELS, 1), nn.ReLU(inplace=True))
         self.generator = WeightGenerator()
+        # score = target-net output * label_scale + label_shift. Identity by default (the paper); the
+        # solver sets them from the training labels for cfg.label_norm = standardize. Saved with the weights.
+        self.register_buffer("label_scale", torch.ones(()))
+        self.register_buffer("label_shift", torch.zeros(()))
         self.freeze_stages(frozen_stages)
 
     @property
@@ -136,7 +140,7 @@ class HyperIQA(nn.Module):
         if last.shape[-2:] != (HYPER_GRID, HYPER_GRID):  # e.g. 64-pixel patches: the generators need 7x7
             last = F.adaptive_avg_pool2d(last, HYPER_GRID)
         weights, biases = self.generator(self.hyper(last))
-        return target_net(target_in, weights, biases).float()
+        return target_net(target_in, weights, biases).float() * self.label_scale + self.label_shift
 
     @classmethod
     def from_original_checkpoint(cls, path_or_state_dict) -> HyperIQA:
