@@ -33,7 +33,7 @@ SPACE = {
               {"backbone_lr": 1.0e-6, "schedule": "step", "step_size": 1},
               {"backbone_lr": 1.0e-3, "schedule": "step", "step_size": 2}],
 }
-NUM_TRIALS, MAX_EPOCHS = 4, 3
+NUM_TRIALS, MAX_EPOCHS = 3, 3
 
 
 def search_argv(tiny_dataset, tiny_cache_dir, root: Path) -> list[str]:
@@ -70,7 +70,7 @@ def search(tiny_dataset, tiny_cache_dir, tmp_path_factory):
     argv = search_argv(tiny_dataset, tiny_cache_dir, root)
     experiment = root / "ray" / "e2e"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # 1. Run until the third trial has reported, then kill the driver and every Ray process it started.
+    # 1. Run until the last trial has reported once, then kill the driver and every Ray process it started.
     with open(root / "run1.log", "w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + 240

@@ -84,7 +84,7 @@ def export_experiment(experiment_path: str, out_dir: str | None = None, *, log=p
     for trial, result in zip(analysis.trials, grid):
         frame = analysis.trial_dataframes.get(trial.trial_id)
         epochs = frame.to_dict("records") if frame is not None and len(frame) else []
-        rows.append(report.make_row(trial.trial_id, result.config or {}, trial.status, epochs, plan.metric,
+        rows.append(report.make_row(trial.trial_id, trial.config or result.config or {}, trial.status, epochs, plan.metric,
                                     plan.max_epochs))
     target = Path(out_dir or plan.export_dir).expanduser().resolve()
     best, best_row = _best_trial(grid, rows, plan.metric)

@@ -144,9 +144,13 @@ def _print_summary(plan, result, minutes: float) -> None:
     counts: dict[str, int] = {}
     for row in result.rows:
         counts[row.ended] = counts.get(row.ended, 0) + 1
-    print(f"\nsearch finished in {minutes:.1f} min: {len(result.rows)} trials ("
-          + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")")
+    unfinished = counts.get(report.UNFINISHED, 0)
+    print(f"\nsearch {'interrupted' if unfinished else 'finished'} after {minutes:.1f} min: {len(result.rows)} "
+          "trials (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")")
     print(report.text_table(result.table))
+    if unfinished:
+        storage, name = plan.experiment_path.rsplit("/", 1)
+        print(f"\ncontinue it with: python tuning/search.py --resume --storage-path {storage} --name {name}")
     out = result.out_dir
     if result.best is None:
         print(f"\nno trial reported a finite {plan.metric}; nothing to export but the table: {out}")
