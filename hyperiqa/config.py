@@ -171,8 +171,8 @@ def parse_assignments(assignments: list[str], *, source: str = "--set") -> dict[
 
 def demo_config(**overrides) -> TrainConfig:
     """The built-in demo: a small random-init CNN on the generated demo dataset, sized for 2 CPU cores."""
-    base = dict(dataset="demo", backbone="resnet10t", pretrained=False, patch_size=64, train_patches=6,
-                test_patches=4, batch_size=32, backbone_lr=1e-3, lr_ratio=1.0, weight_decay=0.0, epochs=5,
+    base = dict(dataset="demo", backbone="test_resnet", pretrained=False, patch_size=64, train_patches=6,
+                test_patches=4, batch_size=32, backbone_lr=1e-3, lr_ratio=1.0, weight_decay=0.0, epochs=6,
                 schedule="cosine", test_fraction=0.2, val_fraction=0.2, label_norm="standardize")
     return TrainConfig.from_dict({**base, **overrides}, source="demo config")
 

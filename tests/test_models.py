@@ -154,7 +154,7 @@ def test_swin_features_are_nchw_and_multiscale_runs():
 def test_bad_backbone_names_are_config_errors():
     with pytest.raises(ConfigError, match="backbone = 'resnet5O'"):
         HyperIQA("resnet5O")
-    with pytest.raises(ConfigError, match=r"frozen_stages = 5: backbone resnet10t has 4 stages; allowed 0\.\.4"):
+    with pytest.raises(ConfigError, match=r"frozen_stages = 5: backbone test_resnet has 4 stages; allowed 0\.\.4"):
         build_model(demo_config(frozen_stages=5))
 
 
