@@ -10,7 +10,7 @@ One run, one table, on whatever device it finds (CUDA or CPU). For each backbone
               on the CPU each with 1/K of the cores as torch threads (the single-process rows use all)
 and prints patches/s, e2e/ceiling, e2e/original, peak GPU memory and the device name.
 
-    python bench/throughput.py --quick            # under 4 minutes on an H100/H200
+    python bench/throughput.py --quick            # sized for under 4 minutes on an H100/H200 (not yet timed)
     python bench/throughput.py                    # resnet50 + swin_tiny, more images, 2 and 4 sharers
     python bench/throughput.py --device cpu --backbones resnet10t,test_resnet --patch 96 --batch 32 \
         --images 32 --epochs 2                    # the CPU version of the same comparisons

@@ -24,7 +24,7 @@ SEARCH_FILE = "hyperiqa_search.json"
 PATH_FIELDS = ("data_root", "split_file", "backbone_weights", "cache_dir")
 # The demo space halves an epoch (3 patches per image) so that ASHA can stop a trial after ~20 s of
 # work on a 2-core CPU. With a cosine schedule, 12 of them take timm's tiny test_resnet from random init
-# to val SRCC ~0.88 (8: ~0.84), see search_spaces/demo.yaml.
+# to val SRCC ~0.87 (8: ~0.84), see search_spaces/demo.yaml.
 DEMO_MAX_EPOCHS = 12
 
 
