@@ -71,12 +71,17 @@ def make_koniq_folder(root: Path, count: int) -> list[Path]:
     return paths
 
 
-def original_batches(paths: list[Path]):
-    """The original loader: each image listed 25 times, shuffled, decoded and resized for every patch."""
+def original_transform(patch: int = PATCH, *, train: bool = True):
+    """The original KonIQ transform, applied to every patch: resize the whole image, crop, (flip,) normalise."""
     import torchvision.transforms as T
 
-    transform = T.Compose([T.Resize((512, 384)), T.RandomCrop(PATCH), T.RandomHorizontalFlip(),
-                           T.ToTensor(), T.Normalize(MEAN, STD)])
+    crop = [T.RandomCrop(patch), T.RandomHorizontalFlip()] if train else [T.RandomCrop(patch)]
+    return T.Compose([T.Resize((512, 384)), *crop, T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+def original_batches(paths: list[Path]):
+    """The original loader: each image listed 25 times, shuffled, decoded and resized for every patch."""
+    transform = original_transform()
     samples = [p for p in paths for _ in range(PATCHES_PER_IMAGE)]
     rng = np.random.default_rng(0)
     while True:

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_pipeline import MEAN, STD, make_koniq_folder  # noqa: E402
+from data_pipeline import make_koniq_folder, original_transform  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from hyperiqa.config import TrainConfig  # noqa: E402
@@ -51,11 +51,8 @@ class OriginalPatchDataset(torch.utils.data.Dataset):
     """The original loader: every image listed 25 times; each item decodes and resizes the whole JPEG."""
 
     def __init__(self, paths, *, patch, patches_per_image, train):
-        import torchvision.transforms as T
-
         self.samples = [p for p in paths for _ in range(patches_per_image)]
-        crop = [T.RandomCrop(patch), T.RandomHorizontalFlip()] if train else [T.RandomCrop(patch)]
-        self.transform = T.Compose([T.Resize((512, 384)), *crop, T.ToTensor(), T.Normalize(MEAN, STD)])
+        self.transform = original_transform(patch, train=train)
 
     def __len__(self):
         return len(self.samples)

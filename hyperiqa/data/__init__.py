@@ -59,7 +59,7 @@ def prepare_data(cfg: TrainConfig, *, device: torch.device | str, mean: Sequence
     budget = [int(cfg.device_cache_gb * 2**30) if cuda else 0]
 
     def claim(indices: np.ndarray) -> int:
-        size = int((cache.shapes[indices, 0] * cache.shapes[indices, 1]).sum() * 3)
+        size = cache.nbytes(indices)
         granted = budget[0] if size <= budget[0] else 0
         budget[0] -= size if granted else 0
         return granted

@@ -116,6 +116,11 @@ class DecodedCache:
     def __len__(self) -> int:
         return len(self.offsets)
 
+    def nbytes(self, indices: np.ndarray) -> int:
+        """Decoded size of these records, in bytes."""
+        shapes = self.shapes[indices]
+        return int((shapes[:, 0] * shapes[:, 1]).sum() * 3)
+
     def image(self, i: int) -> np.ndarray:
         h, w = self.shapes[i]
         start = self.offsets[i]

@@ -52,11 +52,12 @@ class _ImageStore:
         self.heights = torch.from_numpy(shapes[:, 0].copy())
         self.widths = torch.from_numpy(shapes[:, 1].copy())
         row = patch_size * 3
-        self.on_device = device.type != "cpu" and int(sizes.sum()) <= device_cache_bytes
+        total = cache.nbytes(indices)
+        self.on_device = device.type != "cpu" and total <= device_cache_bytes
         if self.on_device:
             offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
             self.offsets = torch.from_numpy(offsets)
-            data = torch.empty(int(sizes.sum()), dtype=torch.uint8, device=device)
+            data = torch.empty(total, dtype=torch.uint8, device=device)
             for chunk in _chunks(sizes, _UPLOAD_BYTES):  # bounded host memory, whatever the split's size
                 flat = np.concatenate([cache.image(int(indices[i])).reshape(-1) for i in chunk])
                 data[offsets[chunk[0]]:offsets[chunk[0]] + flat.size].copy_(torch.from_numpy(flat))
