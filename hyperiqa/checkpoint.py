@@ -58,7 +58,7 @@ def save_checkpoint_files(directory: Path, *, model_state: dict, trainer_state: 
     buffer = io.BytesIO()
     torch.save(trainer_state, buffer)
     atomic_write_bytes(directory / TRAINER_STATE, buffer.getvalue())
-    cfg.save(directory / CONFIG)
+    cfg.portable().save(directory / CONFIG)  # no device, GPU share or threads of the machine that trained it
     atomic_write_json(directory / METRICS, metrics)
     save_split(directory / SPLIT, data.spec, data.split)
     short_side = cfg.resize_short_side if cfg.resize_short_side is not None else data.spec.default_short_side

@@ -34,6 +34,9 @@ OPTIMIZERS = ("adam", "adamw")
 SELECTION_METRICS = ("val_srcc", "val_plcc", "test_srcc", "test_plcc")
 SPLIT_MODES = ("random", "official", "file")
 LABEL_NORMS = ("none", "standardize")
+# Settings of the machine a run happens on, not of the model: a search sets them per trial (one GPU
+# share, one thread per CPU), and every checkpoint stores them reset so it loads on any machine.
+RUNTIME_FIELDS = ("device", "num_threads", "gpu_memory_fraction")
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,11 @@ class TrainConfig:
 
     def replace(self, **changes) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    def portable(self) -> TrainConfig:
+        """This config with RUNTIME_FIELDS at their defaults: what a checkpoint or an export stores."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in RUNTIME_FIELDS}
+        return self.replace(**defaults)
 
     # --- files ------------------------------------------------------------------------------
     @classmethod

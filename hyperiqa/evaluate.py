@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=EVAL_SPLITS, help="which images to score (default test)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set data_root=/data/koniq --set device=cpu")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto); the device the "
+                   "checkpoint was trained on does not matter")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     return p
 
@@ -37,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--checkpoint {args.checkpoint}: expected a checkpoint folder with {ckpt.CONFIG} "
                         "(original-format checkpoints carry no dataset; score images with hyperiqa.predict)")
     model, cfg = ckpt.load_model(folder)
-    changes = {"device_cache_gb": 0.0}  # evaluation only: keep training images off the GPU
+    # This machine's runtime, whatever the checkpoint's trainer used (a GPU share, a CUDA device, threads).
+    # Evaluation only: keep training images off the GPU.
+    changes = {**cfg.portable().to_dict(), "device": args.device, "device_cache_gb": 0.0}
     if (folder / ckpt.SPLIT).is_file():
         changes.update(split="file", split_file=str((folder / ckpt.SPLIT).resolve()))
     changes.update(parse_assignments(args.overrides))

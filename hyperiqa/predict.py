@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from hyperiqa import checkpoint as ckpt
-from hyperiqa.utils import UserError, atomic_write_text, resolve_device, run_cli
+from hyperiqa.data.cache import decode_image
+from hyperiqa.runtime import resolve_device
+from hyperiqa.utils import UserError, atomic_write_text, run_cli
 
 ORIGINAL_PATCH = 224  # the original HyperIQA's input size
 
@@ -56,20 +58,11 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 def load_image(path: Path, *, patch: int, short_side: int | None, resize_to) -> np.ndarray:
-    """RGB uint8 (H, W, 3), resized as in training and upscaled if smaller than the patch."""
+    """RGB uint8 (H, W, 3) exactly as the training cache stored it: the same decode and resize function."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-    if resize_to:
-        im = im.resize(tuple(resize_to), Image.BICUBIC)
-    elif short_side:
-        scale = short_side / min(im.size)
-        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
-    if min(im.size) < patch:
-        scale = patch / min(im.size)
-        im = im.resize((max(patch, round(im.width * scale)), max(patch, round(im.height * scale))), Image.BICUBIC)
-    return np.asarray(im)
+        return decode_image(str(path), short_side=short_side, resize_to=tuple(resize_to) if resize_to else None,
+                            min_size=patch)
 
 
 def crops(image: np.ndarray, *, patch: int, n: int, seed: int) -> np.ndarray:

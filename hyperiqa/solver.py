@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from hyperiqa import checkpoint as ckpt
 from hyperiqa import metrics as M
 from hyperiqa.config import ConfigError, TrainConfig
+from hyperiqa.runtime import apply_runtime, resolve_device
 from hyperiqa.schedules import build_scheduler
-from hyperiqa.utils import UserError, resolve_device, seed_everything
+from hyperiqa.utils import UserError, seed_everything
 
 EVAL_SPLITS = ("val", "test", "train", "all")
 
@@ -36,7 +37,7 @@ class Solver:
         self.cfg, self.log = cfg, log
         self.device = resolve_device(cfg.device)
         self.cuda = self.device.type == "cuda"
-        self._setup_runtime()
+        apply_runtime(self.device, num_threads=cfg.num_threads, gpu_memory_fraction=cfg.gpu_memory_fraction)
         seed_everything(cfg.seed)  # before the model is built: random init depends on it
         if model is None:
             from hyperiqa.models import build_model
@@ -66,15 +67,6 @@ class Solver:
         self.diverged_at: int | None = None
 
     # --- setup ------------------------------------------------------------------------------
-    def _setup_runtime(self) -> None:
-        cfg = self.cfg
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        if self.cuda:
-            torch.backends.cudnn.benchmark = True  # fixed patch size: the autotuned kernels are reused
-            if cfg.gpu_memory_fraction:
-                torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, self.device)
-
     def _check_selection_metric(self) -> None:
         split = self.cfg.selection_metric.split("_")[0]
         if getattr(self.data, split) is None:
@@ -242,11 +234,12 @@ class Solver:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best": self.best,
                 "best_epoch": self.best_epoch, "history": self.history,
-                "diverged_at": self.diverged_at, "rng": ckpt.rng_state(), "config": self.cfg.to_dict()}
+                "diverged_at": self.diverged_at, "rng": ckpt.rng_state(), "config": self.cfg.portable().to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        _match_parameter_layout(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
         self.history = list(state["history"])
@@ -268,3 +261,16 @@ class Solver:
         state = ckpt.load_trainer_state(Path(directory))
         state["model"] = ckpt.load_weights(Path(directory) / ckpt.WEIGHTS)
         self.load_state_dict(state)
+
+
+def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor its parameter's strides.
+
+    Optimizer.load_state_dict moves state to the parameter's device and dtype but keeps the saved
+    strides: moments saved from a CPU (contiguous) run beside channels_last CUDA weights make the fused
+    Adam kernel refuse the step. empty_like(param) has the parameter's layout; copy_ keeps the values.
+    """
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)

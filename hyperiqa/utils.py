@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes, device choice, seeding, user-facing errors."""
+"""Small shared helpers: atomic file writes, seeding, user-facing errors."""
 
 from __future__ import annotations
 
@@ -54,15 +54,6 @@ def atomic_path(path: str | Path):
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device = {name!r}, but torch sees no CUDA device; use device=cpu or auto")
-    return device
 
 
 def seed_everything(seed: int) -> None:

@@ -12,6 +12,7 @@ import torch
 
 from hyperiqa.data.cache import DecodedCache
 from hyperiqa.data.patches import EvalCrops, TrainPatchSampler
+from hyperiqa.runtime import device_cache_bytes
 from hyperiqa.utils import UserError, default_cache_dir
 
 if TYPE_CHECKING:
@@ -56,7 +57,8 @@ def prepare_data(cfg: TrainConfig, *, device: torch.device | str, mean: Sequence
     common = dict(patch_size=cfg.patch_size, seed=cfg.seed, device=device, mean=mean, std=std,
                   channels_last=cuda and cfg.channels_last)
     # One device budget for all three splits, training first: it is read 25x more often per epoch.
-    budget = [int(cfg.device_cache_gb * 2**30) if cuda else 0]
+    # It never exceeds a share of the process's GPU memory cap (hyperiqa.runtime.device_cache_budget).
+    budget = [device_cache_bytes(device, cfg.device_cache_gb, cfg.gpu_memory_fraction)]
 
     def claim(indices: np.ndarray) -> int:
         size = cache.nbytes(indices)

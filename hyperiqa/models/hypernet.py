@@ -139,8 +139,13 @@ class HyperIQA(nn.Module):
             last = torch.cat([F.adaptive_avg_pool2d(f, size) for f in feats], 1)
         if last.shape[-2:] != (HYPER_GRID, HYPER_GRID):  # e.g. 64-pixel patches: the generators need 7x7
             last = F.adaptive_avg_pool2d(last, HYPER_GRID)
-        weights, biases = self.generator(self.hyper(last))
-        return target_net(target_in, weights, biases).float() * self.label_scale + self.label_shift
+        h = self.hyper(last)
+        # The generated weights and the target net run in fp32 even under bf16 autocast: a bf16 score
+        # of 64-100 (MOS) moves in steps of 0.5, coarser than the differences the metrics rank.
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            weights, biases = self.generator(h.float())
+            score = target_net(target_in.float(), weights, biases)
+        return score * self.label_scale + self.label_shift
 
     @classmethod
     def from_original_checkpoint(cls, path_or_state_dict) -> HyperIQA:
