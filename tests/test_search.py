@@ -139,9 +139,11 @@ def test_resume_keeps_finished_trials_and_continues_the_rest(search):
     assert finished, before["status"]
     for trial in finished:  # not run again: no new results
         assert len(after[trial]) == len(before["results"][trial])
-    for trial, lines in after.items():  # nobody restarted from scratch
+    for trial, lines in after.items():  # nobody restarted from scratch, no epoch missing
         epochs = [line["epoch"] for line in lines]
-        assert epochs == sorted(set(epochs)) and epochs[0] == 1, (trial, epochs)
+        assert epochs[0] == 1 and set(epochs) == set(range(1, max(epochs) + 1)), (trial, epochs)
+        # an epoch reported twice (a resumed trial catching Ray up) is one the driver had already seen
+        assert len(epochs) - len(set(epochs)) <= 2, (trial, epochs)
     unfinished = [t for t, s in before["status"].items() if s != "TERMINATED"]
     continued = [t for t in unfinished if len(after[t]) > len(before["results"].get(t, []))
                  and before["results"].get(t)]

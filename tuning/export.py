@@ -31,6 +31,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+from hyperiqa.checkpoint import CONFIG
 from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text, run_cli
 from tuning import report
 from tuning.plan import SEARCH_FILE, Plan, absolute
@@ -80,14 +81,16 @@ def export_experiment(experiment_path: str, out_dir: str | None = None, *, log=p
     except ValueError as exc:
         raise UserError(f"{experiment_path}: no Ray Tune experiment state yet ({exc})") from None
     grid = tune.ResultGrid(analysis)  # one Result per trial, in analysis.trials order
-    rows = []
+    rows, results = [], {}
     for trial, result in zip(analysis.trials, grid):
         frame = analysis.trial_dataframes.get(trial.trial_id)
         epochs = frame.to_dict("records") if frame is not None and len(frame) else []
         rows.append(report.make_row(trial.trial_id, trial.config or result.config or {}, trial.status, epochs, plan.metric,
                                     plan.max_epochs))
+        results[trial.trial_id] = result
     target = Path(out_dir or plan.export_dir).expanduser().resolve()
-    best, best_row = _best_trial(grid, rows, plan.metric)
+    best_row = best_trial(rows)
+    best = results[best_row.trial_id] if best_row else None
     entries = report.table(rows, plan.metric, [p.name for p in space.params],
                            first=best_row.trial_id if best_row else None)
     with _staging(target) as tmp:
@@ -101,13 +104,14 @@ def export_experiment(experiment_path: str, out_dir: str | None = None, *, log=p
     return ExportResult(target, rows, best_row, entries)
 
 
-def _best_trial(grid, rows: list[report.TrialRow], metric: str):
-    """Ray's best trial by its best epoch (scope "all"), and our row for it; (None, None) if nothing finite."""
-    if not any(math.isfinite(r.best) for r in rows):
-        return None, None
-    best = grid.get_best_result(metric=metric, mode="max", scope="all")
-    trial_id = best.metrics.get("trial_id")
-    return best, next(r for r in rows if r.trial_id == trial_id)
+def best_trial(rows: list[report.TrialRow]) -> report.TrialRow | None:
+    """The trial with the best finite metric at any epoch; None if no trial has one.
+
+    Ranked by our own rows, not Ray's get_best_result: Ray's running max of a trial's metric becomes NaN
+    once the trial reports NaN (a divergence after finite epochs), and such a trial is skipped there.
+    """
+    scored = [r for r in rows if math.isfinite(r.best)]
+    return max(scored, key=lambda r: r.best) if scored else None
 
 
 def _export_best(best, best_row: report.TrialRow, plan: Plan, space, tmp: Path) -> None:
@@ -120,12 +124,20 @@ def _export_best(best, best_row: report.TrialRow, plan: Plan, space, tmp: Path) 
     checkpoint, _ = max(kept, key=lambda cm: (cm[1][plan.metric], cm[1].get("epoch", 0)))
     checkpoint.to_directory(str(tmp / "checkpoint"))
     ckpt_metrics = json.loads((tmp / "checkpoint" / "metrics.json").read_text())
-    cfg = space.config_for(plan.base_config, best.config or {}, source="best trial")
-    # Runtime settings the search chose for sharing the machine; a standalone run picks its own.
-    cfg = cfg.replace(device="auto", num_threads=0, gpu_memory_fraction=None)
+    # Runtime settings the search chose for sharing its machines (a GPU share, one thread); a standalone
+    # run, evaluate or predict picks its own. Checkpoints written before they were reset get it here.
+    _make_portable(tmp / "checkpoint" / CONFIG)
+    cfg = space.config_for(plan.base_config, best.config or {}, source="best trial").portable()
     cfg.save(tmp / "best_config.yaml")
     atomic_write_json(tmp / "metrics.json", {"trial": best_row.trial_id, "params": best.config,
                                              "metric": plan.metric, **_plain(ckpt_metrics)})
+
+
+def _make_portable(path: Path) -> None:
+    from hyperiqa.config import TrainConfig
+
+    if path.is_file():
+        TrainConfig.load(path).portable().save(path)
 
 
 def _plain(metrics: dict) -> dict:
@@ -153,6 +165,7 @@ def _summary(plan: Plan, rows, best_row, entries) -> str:
     if best_row is not None:
         lines.append(f"- best: trial {best_row.trial_id}, {plan.metric} {best_row.best:.4f} at epoch "
                      f"{best_row.best_epoch}; params {best_row.params}")
+    lines += [f"- trial {r.trial_id} ({r.ended}): {r.message}" for r in rows if r.message]
     lines += ["", "```", report.text_table(entries), "```", "",
               "Files: best_config.yaml, checkpoint/ (best epoch of the best trial), metrics.json, trials.csv, "
               "curves.png, importance.json.", ""]

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
+import urllib.request
 from pathlib import Path
 
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from hyperiqa.utils import UserError
+from tuning import report
 from tuning.plan import Plan
-from tuning.trainable import train_trial
+from tuning.schedulers import BestValueOptunaSearch, ResumableASHA
+from tuning.trainable import FAILED, train_trial
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-KEEP_CHECKPOINTS = 2  # per trial, ranked by the metric: the best epoch survives (see trainable.restore_point)
+KEEP_CHECKPOINTS = 2  # per trial, ranked by the metric: the best epoch survives (see trainable.restore)
+DEFAULT_DASHBOARD_HOST = "127.0.0.1"
 
 
-def start_ray(address: str | None, dashboard_host: str, dashboard_port: int | None, log=print) -> None:
+def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: int | None, log=print) -> None:
     """Start a local Ray (dashboard on loopback unless told otherwise) or join `address`; print the dashboard URL."""
     # Local workers inherit this environment: they import hyperiqa/tuning even when the project is not installed.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
@@ -29,26 +32,52 @@ def start_ray(address: str | None, dashboard_host: str, dashboard_port: int | No
     missing = _dashboard_missing()
     if address:
         kwargs["address"] = address
+        if dashboard_host is not None or dashboard_port is not None:
+            log("warning: --dashboard-host/--dashboard-port are ignored with --address: the cluster's dashboard "
+                "was set up by `ray start --head` (give them there)")
     elif missing:
         kwargs["include_dashboard"] = False
     else:
-        if not _is_loopback(dashboard_host):
-            log(f"warning: the dashboard will listen on {dashboard_host}: anyone who can reach it and holds the "
+        host = dashboard_host or DEFAULT_DASHBOARD_HOST
+        if not _is_loopback(host):
+            log(f"warning: the dashboard will listen on {host}: anyone who can reach it and holds the "
                 "token in ~/.ray/auth_token can run code on this machine; keep it on a trusted network")
-        kwargs.update(include_dashboard=True, dashboard_host=dashboard_host, dashboard_port=dashboard_port)
+        kwargs.update(include_dashboard=True, dashboard_host=host, dashboard_port=dashboard_port)
     try:
         context = ray.init(**kwargs)
+    except ray.exceptions.AuthenticationError as exc:
+        raise UserError(f"--address {address}: the cluster uses token authentication and refused this "
+                        f"machine's token ({str(exc).splitlines()[0]}); copy the head's ~/.ray/auth_token here "
+                        "or set RAY_AUTH_TOKEN") from None
     except ConnectionError as exc:
         raise UserError(f"--address {address}: cannot connect to a Ray cluster there ({exc})") from None
     except ValueError as exc:  # e.g. an explicit --dashboard-port that is taken
         raise UserError(f"cannot start Ray: {exc}") from None
     url = getattr(context, "dashboard_url", None)
     if url:
-        log(f"Ray dashboard: http://{url} (token authentication on: `ray get-auth-token` prints the token)")
+        log(f"Ray dashboard: http://{url} ({auth_note(dashboard_auth_mode(url))})")
     elif missing:
         log(f"Ray dashboard: not started, its packages are missing ({missing}); pip install 'ray[default]'")
     else:
         log("Ray dashboard: not running on this cluster (start the head with `ray start --head --include-dashboard=true`)")
+
+
+def dashboard_auth_mode(url: str, timeout: float = 3.0) -> str | None:
+    """The dashboard's own answer to whether it requires a token ('token', 'disabled'); None if unknown."""
+    try:
+        with urllib.request.urlopen(f"http://{url}/api/authentication_mode", timeout=timeout) as response:
+            return str(json.loads(response.read())["authentication_mode"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def auth_note(mode: str | None) -> str:
+    if mode == "token":
+        return "token authentication on: `ray get-auth-token` prints the token the page asks for"
+    if mode == "disabled":
+        return ("token authentication OFF: anyone who can reach this port can run code on the cluster; "
+                "start it with RAY_AUTH_MODE=token")
+    return "could not ask it whether it requires a token"
 
 
 def _dashboard_missing() -> str | None:
@@ -69,7 +98,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def max_concurrent(plan: Plan) -> int:
-    """Trials that fit at once: bounded by --gpus (the user's total) and by the cluster's CPUs and GPUs."""
+    """Trials that fit at once: bounded by --gpus (the user's total), the cluster, and what one node holds."""
     resources = ray.cluster_resources()
     have_gpus = resources.get("GPU", 0.0)
     if plan.gpus > have_gpus:
@@ -78,19 +107,33 @@ def max_concurrent(plan: Plan) -> int:
     cpus = resources.get("CPU", 0.0)
     if plan.cpus_per_trial > cpus:
         raise UserError(f"--cpus-per-trial {plan.cpus_per_trial:g}: the Ray cluster has {cpus:g} CPU(s)")
+    check_fits_one_node(plan.cpus_per_trial, plan.gpus_per_trial, _alive_nodes())
     limit = math.floor(cpus / plan.cpus_per_trial + 1e-9)
     if plan.gpus_per_trial:
         limit = min(limit, math.floor(plan.gpus / plan.gpus_per_trial + 1e-9))
     return max(1, min(limit, plan.num_samples, plan.max_concurrent or limit))
 
 
-def make_trainable(plan: Plan):
+def _alive_nodes() -> list[dict]:
+    return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def check_fits_one_node(cpus: float, gpus: float, nodes: list[dict]) -> None:
+    """A trial runs on one node: if no node holds its CPUs and GPUs, Ray would leave it PENDING forever."""
+    if any(n.get("CPU", 0) + 1e-9 >= cpus and n.get("GPU", 0) + 1e-9 >= gpus for n in nodes):
+        return
+    sizes = ", ".join(sorted({f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes})) or "none"
+    raise UserError(f"--cpus-per-trial {cpus:g} --gpus-per-trial {gpus:g}: no node of the Ray cluster holds "
+                    f"one trial (nodes: {sizes}); a trial runs on a single node")
+
+
+def make_trainable(plan: Plan, fn=train_trial):
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
-    trainable = tune.with_parameters(train_trial, base=plan.base, space=plan.search_space, metric=plan.metric)
+    trainable = tune.with_parameters(fn, base=plan.base, space=plan.search_space, metric=plan.metric)
     return tune.with_resources(trainable, resources)
 
 
-def make_searcher(plan: Plan) -> OptunaSearch:
+def make_searcher(plan: Plan) -> BestValueOptunaSearch:
     import optuna
 
     if plan.searcher == "random":
@@ -98,8 +141,21 @@ def make_searcher(plan: Plan) -> OptunaSearch:
     else:  # TPE, after a few random trials (fewer than optuna's 10 so that small searches still use TPE)
         sampler = optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=min(10, max(3, plan.num_samples // 3)))
     space = plan.search_space
-    return OptunaSearch(space=space, metric=plan.metric, mode="max", sampler=sampler,
-                        points_to_evaluate=[dict(p) for p in space.start] or None)
+    return BestValueOptunaSearch(space=space, metric=plan.metric, mode="max", sampler=sampler,
+                                 points_to_evaluate=[dict(p) for p in space.start] or None)
+
+
+def make_scheduler(plan: Plan) -> ResumableASHA:
+    return ResumableASHA(time_attr="epoch", max_t=plan.max_epochs, grace_period=plan.grace_period,
+                         reduction_factor=plan.reduction_factor)  # metric and mode come from TuneConfig
+
+
+class FailedTrialReporter(tune.Callback):
+    """One line on the driver when a trial could not start on its node (its message names node and path)."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("status") == FAILED:
+            print(f"trial {trial.trial_id} failed and is not retried: {result.get('message')}", flush=True)
 
 
 def run_config(plan: Plan) -> tune.RunConfig:
@@ -107,24 +163,55 @@ def run_config(plan: Plan) -> tune.RunConfig:
         name=plan.name, storage_path=plan.storage_path, verbose=1,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS, checkpoint_score_attribute=plan.metric,
                                                 checkpoint_score_order="max"),
-        failure_config=tune.FailureConfig(max_failures=2))
+        # Upload each trial's working directory (its train.log) with every checkpoint: it lives on the
+        # trial's node, which on a cluster is not the driver's.
+        sync_config=tune.SyncConfig(sync_artifacts=True),
+        failure_config=tune.FailureConfig(max_failures=2), callbacks=[FailedTrialReporter()])
 
 
-def build_tuner(plan: Plan) -> tune.Tuner:
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=plan.max_epochs, grace_period=plan.grace_period,
-                              reduction_factor=plan.reduction_factor)
+def build_tuner(plan: Plan, fn=train_trial) -> tune.Tuner:
+    """A new search; `fn` replaces the training function in tests only."""
     tune_config = tune.TuneConfig(metric=plan.metric, mode="max", search_alg=make_searcher(plan),
-                                  scheduler=scheduler, num_samples=plan.num_samples,
+                                  scheduler=make_scheduler(plan), num_samples=plan.num_samples,
                                   max_concurrent_trials=max_concurrent(plan),
                                   # a finished trial's worker runs the next one: no new process, torch
                                   # and timm already imported (seconds per trial on a small CPU machine)
                                   reuse_actors=True)
-    return tune.Tuner(make_trainable(plan), tune_config=tune_config, run_config=run_config(plan))
+    return tune.Tuner(make_trainable(plan, fn), tune_config=tune_config, run_config=run_config(plan))
 
 
-def restore_tuner(plan: Plan) -> tune.Tuner:
-    """Continue an experiment: finished trials stay finished, unfinished and errored ones resume from checkpoints."""
+def restore_tuner(plan: Plan, fn=train_trial) -> tune.Tuner:
+    """Continue an experiment: finished trials stay finished, unfinished and errored ones resume from checkpoints.
+
+    Ray restores the TuneConfig written when the experiment was created: ASHA with empty rungs and the
+    concurrency of that moment. Both are replaced: the rungs refilled from the trials' saved results,
+    the concurrency recomputed for the cluster as it is now.
+    """
     if not tune.Tuner.can_restore(plan.experiment_path):
         raise UserError(f"--resume: {plan.experiment_path} holds no Ray Tune experiment state to resume")
-    max_concurrent(plan)  # the same resource checks as a new search
-    return tune.Tuner.restore(plan.experiment_path, trainable=make_trainable(plan), resume_errored=True)
+    concurrency = max_concurrent(plan)
+    scheduler = make_scheduler(plan)
+    for trial_id, epochs in saved_results(plan).items():
+        scheduler.replay(trial_id, report.curve(epochs, plan.metric))
+    tuner = tune.Tuner.restore(plan.experiment_path, trainable=make_trainable(plan, fn), resume_errored=True)
+    config = _restored_tune_config(tuner)
+    config.scheduler, config.max_concurrent_trials = scheduler, concurrency
+    return tuner
+
+
+def saved_results(plan: Plan) -> dict[str, list[dict]]:
+    """Every trial's reported results, from the experiment's storage (local folder or URI)."""
+    analysis = tune.ExperimentAnalysis(plan.experiment_path, default_metric=plan.metric, default_mode="max")
+    frames = analysis.trial_dataframes
+    return {t.trial_id: frames[t.trial_id].to_dict("records") for t in analysis.trials
+            if t.trial_id in frames and len(frames[t.trial_id])}
+
+
+def _restored_tune_config(tuner: tune.Tuner) -> tune.TuneConfig:
+    # Ray 2.60 has no public way to give a restored Tuner a new scheduler or concurrency limit; the
+    # TuneConfig it will run with is this attribute (ray/tune/impl/tuner_internal.py). Pinned in pyproject.
+    config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    if not isinstance(config, tune.TuneConfig):
+        raise RuntimeError(f"ray {ray.__version__}: cannot reach the restored Tuner's TuneConfig; "
+                           "this project needs ray 2.60.0")
+    return config

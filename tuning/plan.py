@@ -134,8 +134,9 @@ def _resources(args) -> tuple[float, float, float]:
         raise UserError(f"--gpus-per-trial {per_trial:g} needs --gpus N (GPUs in total; 0 means CPU only)")
     if gpus and not 0 < per_trial <= gpus:
         raise UserError(f"--gpus-per-trial {per_trial:g}: must be > 0 and <= --gpus {gpus:g}")
-    if per_trial > 1 and not float(per_trial).is_integer():
-        raise UserError(f"--gpus-per-trial {per_trial:g}: above 1 it must be a whole number of GPUs")
+    if per_trial > 1:
+        raise UserError(f"--gpus-per-trial {per_trial:g}: a trial trains on one GPU (no data parallelism), so "
+                        "more would be reserved and left idle; use 1, or a fraction such as 0.5 to share a GPU")
     if args.cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial {args.cpus_per_trial:g}: must be > 0")
     return float(gpus), float(per_trial), float(args.cpus_per_trial)

@@ -12,6 +12,7 @@ from typing import Any
 
 # How a trial ended (trials.csv "ended" column).
 COMPLETED, ASHA, DECLINE, DIVERGED, ERROR = "completed", "stopped by ASHA", "stopped for decline", "diverged", "error"
+FAILED = "failed to start"  # its data, cache or configuration was refused on its node (see `message`)
 UNFINISHED = "unfinished"  # the experiment was interrupted: --resume continues it
 
 
@@ -25,12 +26,15 @@ class TrialRow:
     best: float = float("nan")
     best_epoch: int | None = None
     last: float = float("nan")
+    message: str = ""  # why a trial failed to start or diverged
 
 
 def classify(ray_status: str, last_status: str | None, epochs_run: int, max_epochs: int) -> str:
     """Ray's trial status plus the solver's last status -> how the trial ended."""
     if ray_status == "ERROR":
         return ERROR
+    if last_status == "failed":
+        return FAILED
     if last_status == "diverged":
         return DIVERGED
     if last_status == "early_stopped":
@@ -42,20 +46,25 @@ def classify(ray_status: str, last_status: str | None, epochs_run: int, max_epoc
     return UNFINISHED
 
 
+def curve(epochs: list[dict], metric: str) -> list[tuple[int, float]]:
+    """(epoch, metric) in epoch order; an epoch reported twice (after a resume) counts with its last report."""
+    by_epoch = {int(r["epoch"]): r for r in epochs if finite(r.get("epoch")) and r["epoch"] >= 1}
+    return [(e, _float(by_epoch[e].get(metric))) for e in sorted(by_epoch)]
+
+
 def make_row(trial_id: str, params: dict, ray_status: str, epochs: list[dict], metric: str, max_epochs: int) -> TrialRow:
     """epochs: the trial's reported results (possibly with an epoch repeated after a resume; the last one counts)."""
-    by_epoch = {int(r["epoch"]): r for r in epochs if finite(r.get("epoch"))}
-    curve = [(e, float(by_epoch[e].get(metric, math.nan))) for e in sorted(by_epoch)]
-    row = TrialRow(trial_id, dict(params), curve)
-    last = by_epoch[max(by_epoch)] if by_epoch else {}
-    row.epochs_run = max(by_epoch) if by_epoch else 0
+    row = TrialRow(trial_id, dict(params), curve(epochs, metric))
+    last = epochs[-1] if epochs else {}
+    row.epochs_run = row.curve[-1][0] if row.curve else 0
     row.ended = classify(ray_status, last.get("status"), row.epochs_run, max_epochs)
-    scored = [(v, e) for e, v in curve if math.isfinite(v)]
+    row.message = str(last.get("message") or "") if row.ended in (FAILED, DIVERGED) else ""
+    scored = [(v, e) for e, v in row.curve if math.isfinite(v)]
     if scored:
         # On a tie the later epoch wins, as in Ray's checkpoint ranking: that is the checkpoint it keeps.
         row.best, row.best_epoch = max(scored)
-    if curve:
-        row.last = curve[-1][1]
+    if row.curve:
+        row.last = row.curve[-1][1]
     return row
 
 
@@ -66,15 +75,16 @@ def table(rows: list[TrialRow], metric: str, param_names: list[str], first: str 
         entry: dict[str, Any] = {"trial": row.trial_id}
         entry.update({name: row.params.get(name, "") for name in param_names})
         entry.update({f"best_{metric}": _num(row.best), "best_epoch": row.best_epoch or "",
-                      f"last_{metric}": _num(row.last), "epochs_run": row.epochs_run, "ended": row.ended})
+                      f"last_{metric}": _num(row.last), "epochs_run": row.epochs_run, "ended": row.ended,
+                      "message": row.message})
         out.append(entry)
     return out
 
 
-def text_table(entries: list[dict[str, Any]]) -> str:
+def text_table(entries: list[dict[str, Any]], hide: tuple[str, ...] = ("message",)) -> str:
     if not entries:
         return "(no trials)"
-    keys = list(entries[0])
+    keys = [k for k in entries[0] if k not in hide]
     cells = [[_fmt(e[k]) for k in keys] for e in entries]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
     lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
@@ -142,6 +152,10 @@ def _single_choice(dist) -> bool:
 
 def finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _float(value) -> float:
+    return float(value) if finite(value) else math.nan
 
 
 def _num(value: float):

@@ -69,14 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the experiment --name (default: the newest under --storage-path); finished "
                         "trials are kept, unfinished ones continue from their checkpoints")
     o.add_argument("--address", help="join a running Ray cluster (auto, or HOST:PORT of `ray start --head`)")
-    o.add_argument("--dashboard-host", default="127.0.0.1",
-                   help="interface of the Ray dashboard (default 127.0.0.1; anything else prints a warning)")
-    o.add_argument("--dashboard-port", type=int, metavar="PORT", help="dashboard port (default 8265 or the next free)")
+    o.add_argument("--dashboard-host", help="interface of the Ray dashboard started here (default 127.0.0.1; "
+                   "anything else prints a warning; ignored with --address)")
+    o.add_argument("--dashboard-port", type=int, metavar="PORT",
+                   help="dashboard port (default 8265 or the next free; ignored with --address)")
     o.add_argument("--export-dir", metavar="DIR", help="export folder (default exports/<name>)")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
+    """The CLI; `trial_fn` replaces the training function of every trial (tests only)."""
     args = build_parser().parse_args(argv)
     plan = resume_plan(args) if args.resume else new_plan(args)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -84,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     from tuning.export import export_experiment, save_plan
 
     launch.start_ray(args.address, args.dashboard_host, args.dashboard_port)
+    fn = {"fn": trial_fn} if trial_fn else {}
     if args.resume:
-        tuner = launch.restore_tuner(plan)
+        tuner = launch.restore_tuner(plan, **fn)
     else:
-        tuner = launch.build_tuner(plan)
+        tuner = launch.build_tuner(plan, **fn)
         save_plan(plan)
     print(f"experiment: {plan.experiment_path} ({plan.num_samples} trials, up to {plan.max_epochs} epochs each)")
     start = time.monotonic()
@@ -148,6 +151,13 @@ def _print_summary(plan, result, minutes: float) -> None:
     print(f"\nsearch {'interrupted' if unfinished else 'finished'} after {minutes:.1f} min: {len(result.rows)} "
           "trials (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")")
     print(report.text_table(result.table))
+    for row in result.rows:
+        if row.message:
+            print(f"trial {row.trial_id} ({row.ended}): {row.message}")
+    diverged = counts.get(report.DIVERGED, 0)
+    if diverged and diverged == len(result.rows):
+        print("\nevery trial diverged (non-finite training loss); the export holds the best epoch before "
+              "divergence. Lower the learning rates (backbone_lr, lr_ratio) or set grad_clip.")
     if unfinished:
         storage, name = plan.experiment_path.rsplit("/", 1)
         print(f"\ncontinue it with: python tuning/search.py --resume --storage-path {storage} --name {name}")

@@ -8,51 +8,81 @@ trial's configuration: the trial adds nothing to the training, it only reports a
 
 from __future__ import annotations
 
+import json
 import posixpath
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
 
-from hyperiqa.config import TrainConfig
+from hyperiqa.config import ConfigError, TrainConfig
+from hyperiqa.utils import UserError
 from tuning.space import SearchSpace
 
-# Reported every epoch (the solver's keys); None (undefined, diverged) goes to Ray as NaN, which
-# ASHA, the checkpoint ranking and Optuna all treat as the worst value instead of failing on it.
+# Reported every epoch (the solver's keys); None (undefined, diverged) goes to Ray as NaN, which the
+# scheduler and searcher of tuning/schedulers.py rank below every finite value.
 NUMERIC_KEYS = ("epoch", "val_srcc", "val_plcc", "val_krcc", "val_rmse", "test_srcc", "test_plcc",
                 "test_krcc", "test_rmse", "train_loss", "train_srcc", "lr_backbone", "lr_head",
                 "patches_per_s", "time_s", "best_epoch")
+FAILED = "failed"  # the status of a trial that could not start (data, cache or configuration on its node)
+LOG_NAME = "train.log"
 
 
 def train_trial(config: dict[str, Any], *, base: dict, space: SearchSpace, metric: str) -> None:
     """One trial: build the configuration, resume from Ray's checkpoint if any, run the epochs."""
     from hyperiqa.solver import Solver  # heavy (torch, timm): imported in the worker only
+    from hyperiqa.train import epoch_line
 
-    cfg = space.config_for(TrainConfig.from_dict(base), config, source="sampled configuration")
-    log_file = _log_file()
-    _append(log_file, f"node {ray.get_runtime_context().get_node_id()}; sampled {config}")
-    solver = Solver(cfg, log=lambda *parts: _append(log_file, " ".join(map(str, parts))))
+    # Ray runs each trial in its own working directory on its node and, with sync_artifacts on (see
+    # launch.run_config), uploads that folder to the trial's storage with every checkpoint.
+    log = TrialLog(Path.cwd() / LOG_NAME)
+    node = _node()
+    log(f"node {node}; sampled {config}")
+    try:
+        cfg = space.config_for(TrainConfig.from_dict(base), config, source="sampled configuration")
+        solver = Solver(cfg, log=log)
+    except (UserError, ConfigError) as exc:
+        # Missing data or cache on this node, or a configuration the backbone refuses: a retry on the
+        # same node would fail the same way (retries are for crashes), so end the trial with its reason.
+        message = f"node {node}: {exc}"
+        log(message)
+        tune.report({"epoch": 0, metric: float("nan"), "status": FAILED, "message": message})
+        return
+    report = _report_with_checkpoint(solver, metric)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a retry after a failure, or a resumed experiment
-        restored = restore(solver, checkpoint)
-        _append(log_file, f"resumed from {restored} after epoch {solver.epoch}")
+        restored, known = restore(solver, checkpoint)
+        log(f"resumed from {restored} after epoch {solver.epoch}")
+        catch_up(solver, known, metric, report)
     for metrics in solver.epochs():
-        report = to_report(metrics, metric)
+        log(epoch_line(metrics, cfg.epochs))
+        report(metrics)
+
+
+def _report_with_checkpoint(solver, metric: str) -> Callable[..., None]:
+    def report(metrics: dict, checkpoint: bool = True) -> None:
+        if not checkpoint:
+            tune.report(to_report(metrics, metric))
+            return
         with tempfile.TemporaryDirectory(prefix="hyperiqa-ckpt-") as directory:
             solver.save_checkpoint(directory, metrics)
             # report() copies the folder to the trial's storage before returning.
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report(to_report(metrics, metric), checkpoint=tune.Checkpoint.from_directory(directory))
+
+    return report
 
 
-def restore(solver, checkpoint: tune.Checkpoint) -> str:
-    """Load the newest readable checkpoint of this trial; return its path.
+def restore(solver, checkpoint: tune.Checkpoint) -> tuple[str, int]:
+    """Load the newest readable checkpoint of this trial; (its path, the epoch of `checkpoint`).
 
     Ray keeps the latest checkpoint while the driver runs, but its experiment snapshot (what --resume
     reads) lags up to ~10 s behind: if the driver dies in that window, the snapshot's "latest" may
     already have been deleted by the best-N ranking, while a newer one exists beside it. So try the
-    trial's checkpoint folders newest first, then the one Ray handed us.
+    trial's checkpoint folders newest first, then the one Ray handed us. The epoch of the handed
+    checkpoint (0 if it is gone) says how far Ray's own record of this trial reaches.
     """
     import pyarrow.fs
 
@@ -66,10 +96,31 @@ def restore(solver, checkpoint: tune.Checkpoint) -> str:
         try:
             with candidate.as_directory() as directory:
                 solver.load_checkpoint(directory)
-            return candidate.path
+            return candidate.path, _epoch_of(checkpoint)
         except Exception as exc:  # a folder half-written when the process died, or deleted by the ranking
             errors.append(f"{candidate.path}: {exc}")
     raise RuntimeError("no readable checkpoint for this trial: " + "; ".join(errors))
+
+
+def catch_up(solver, known_epoch: int, metric: str, report: Callable[..., None]) -> None:
+    """Report again the epochs a resumed trial finished after the last one Ray recorded.
+
+    Their checkpoints reached storage but their results never reached the driver before it died, so
+    ASHA, the searcher and the trial's results would miss them. The restored epoch is reported with a
+    checkpoint of the restored state (Ray ranks it with the others); earlier ones without. An epoch
+    Ray did record may come twice: its rung is already recorded and the export keeps the later report.
+    """
+    missing = [m for m in solver.history if m["epoch"] > known_epoch]
+    for metrics in missing:
+        report(metrics, checkpoint=metrics["epoch"] == solver.epoch)
+
+
+def _epoch_of(checkpoint: tune.Checkpoint) -> int:
+    try:
+        with checkpoint.as_directory() as directory:
+            return int(json.loads((Path(directory) / "metrics.json").read_text())["epoch"])
+    except Exception:  # deleted by the ranking after the snapshot: assume Ray recorded nothing of it
+        return 0
 
 
 def to_report(metrics: dict[str, Any], metric: str) -> dict[str, Any]:
@@ -85,16 +136,17 @@ def to_report(metrics: dict[str, Any], metric: str) -> dict[str, Any]:
     return out
 
 
-def _log_file() -> Path | None:
-    try:
-        return Path(tune.get_context().get_trial_dir()) / "train.log"
-    except Exception:  # outside a Tune session (unit tests call the function directly)
-        return None
+def _node() -> str:
+    context = ray.get_runtime_context()
+    return f"{context.get_node_id()} ({ray.util.get_node_ip_address()})"
 
 
-def _append(path: Path | None, line: str) -> None:
-    if path is None:
-        print(line)
-        return
-    with open(path, "a") as fh:
-        fh.write(line + "\n")
+class TrialLog:
+    """Appends lines to the trial's train.log (a file opened per line: trials may run for days)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, *parts) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(" ".join(map(str, parts)) + "\n")

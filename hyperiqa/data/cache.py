@@ -141,13 +141,16 @@ class DecodedCache:
         folder = cache_dir / key
         cache = _open_if_valid(folder, paths)
         if cache is None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
             lock = FileLock(str(cache_dir / f"{key}.lock"))
             try:
+                cache_dir.mkdir(parents=True, exist_ok=True)
                 lock.acquire(timeout=0)
             except Timeout:
                 log(f"decoded cache: another process is building {folder}; waiting for it")
                 lock.acquire()
+            except OSError as exc:  # e.g. a cache_dir that exists on the driver's machine only, or read-only
+                raise UserError(f"decoded cache: cannot create {cache_dir} ({exc.strerror or exc}); set cache_dir "
+                                "to a writable folder that exists on every node") from None
             try:
                 cache = _open_if_valid(folder, paths)  # the process we waited for may have built it
                 if cache is None:

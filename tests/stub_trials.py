@@ -1,0 +1,78 @@
+"""Stand-ins for tuning.trainable.train_trial in the tests that need a trial to behave in a scripted way
+(what a GPU worker sees, a trial that diverges, one that pauses until its driver is killed).
+
+Each has train_trial's signature plus keyword arguments bound with functools.partial; each reports
+the solver's keys and writes a checkpoint folder holding metrics.json, as the real trial does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from hyperiqa.config import TrainConfig
+
+
+def _report(metrics: dict, checkpoint: bool = True) -> None:
+    if not checkpoint:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "metrics.json").write_text(json.dumps(metrics))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _restored_epoch() -> int:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        return int(json.loads((Path(folder) / "metrics.json").read_text())["epoch"])
+
+
+def gpu_probe(config, *, base, space, metric, barrier: str, expected: int, total_memory_gib: float) -> None:
+    """Report what this trial's worker sees and what the solver would derive from it, after `expected`
+    trials (this one included) are running at the same time (or 60 s have passed)."""
+    from hyperiqa import runtime
+
+    cfg = space.config_for(TrainConfig.from_dict(base), config, source="probe")
+    folder = Path(barrier)
+    (folder / tune.get_context().get_trial_id()).touch()
+    start, deadline = time.time(), time.time() + 60
+    while len(list(folder.iterdir())) < expected and time.time() < deadline:
+        time.sleep(0.2)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    # Ray gives the worker only its own GPU, so torch's current device there is index 0.
+    device = runtime.resolve_device(cfg.device, cuda_available=bool(visible), current_index=0)
+    budget = runtime.device_cache_budget(cfg.device_cache_gb, cfg.gpu_memory_fraction, int(total_memory_gib * 2**30))
+    _report({"epoch": 1, metric: 0.5, "status": "completed", "start": start, "end": time.time(),
+             "gpu_ids": ",".join(map(str, ray.get_gpu_ids())), "visible": visible, "device": str(device),
+             "memory_fraction": cfg.gpu_memory_fraction or 1.0, "cache_gib": budget / 2**30})
+
+
+def scripted(config, *, base, space, metric, curves: dict, pause_dir: str | None = None) -> None:
+    """Report curves[str(backbone_lr)] epoch by epoch (NaN -> status diverged, then stop). With
+    `pause_dir`, a trial whose curve is named in pause_dir/pause.json waits after that many epochs
+    until pause_dir/resumed exists (the test kills the driver in between)."""
+    values = curves[repr(config["backbone_lr"])]
+    pause = json.loads((Path(pause_dir) / "pause.json").read_text()) if pause_dir else {}
+    for epoch in range(_restored_epoch() + 1, len(values) + 1):
+        value = values[epoch - 1]
+        diverged = value is None or math.isnan(value)
+        status = "diverged" if diverged else ("completed" if epoch == len(values) else "running")
+        metrics = {"epoch": epoch, metric: math.nan if diverged else value, "status": status}
+        if diverged:
+            metrics["message"] = f"diverged at epoch {epoch}: non-finite training loss"
+        _report(metrics)
+        if diverged:
+            return
+        if pause.get(repr(config["backbone_lr"])) == epoch:
+            while not (Path(pause_dir) / "resumed").exists():
+                time.sleep(0.2)

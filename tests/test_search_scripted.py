@@ -1,0 +1,164 @@
+"""Searches whose trials follow a script (tests/stub_trials.scripted): what ASHA, Optuna and the export
+do with a resumed experiment and with trials that diverge. Real Ray, real Tuner, no training."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+import yaml
+
+from tests.stub_trials import scripted
+from tests.test_search import ROOT, search_argv
+from tuning import launch, search
+from tuning.export import load_plan
+from tuning.schedulers import BestValueOptunaSearch
+
+pytestmark = pytest.mark.timeout(400)
+
+DRIVER = """
+import functools, json, sys
+from tests.stub_trials import scripted
+from tuning import search
+argv, curves, pause_dir = json.loads(sys.argv[1])
+sys.exit(search.main(argv, trial_fn=functools.partial(scripted, curves=curves, pause_dir=pause_dir)))
+"""
+
+
+def space_for(curves: dict) -> dict:
+    """One trial per curve, in order: the start points are evaluated first."""
+    lrs = [float(k) for k in curves]
+    return {"params": {"backbone_lr": {"type": "choice", "values": lrs}}, "start": [{"backbone_lr": lr} for lr in lrs]}
+
+
+def argv_for(root: Path, tiny_dataset, tiny_cache_dir, curves: dict, name: str, *flags: str) -> list[str]:
+    (root / "space.yaml").write_text(yaml.safe_dump(space_for(curves)))
+    argv = search_argv(tiny_dataset, tiny_cache_dir, root)[2:]
+    return [*argv, "--num-samples", str(len(curves)), "--name", name, *flags]
+
+
+def rows(export: Path) -> dict[str, dict]:
+    with open(export / "trials.csv") as fh:
+        return {r["trial"]: r for r in csv.DictReader(fh)}
+
+
+def trial_ids_by_lr(experiment: Path) -> dict[str, str]:
+    out = {}
+    for path in experiment.glob("*/result.json"):
+        first = json.loads(path.read_text().splitlines()[0])
+        out[repr(first["config"]["backbone_lr"])] = first["trial_id"]
+    return out
+
+
+def study(experiment: Path) -> optuna.Study:
+    searcher = BestValueOptunaSearch()
+    searcher.restore_from_dir(str(experiment))
+    return searcher._ot_study
+
+
+def test_resumed_trial_below_a_restored_rung_is_stopped(tiny_dataset, tiny_cache_dir, tmp_path):
+    good, bad = repr(1e-3), repr(1e-6)
+    curves = {good: [0.5, 0.6, 0.7, 0.8], bad: [0.1, 0.2, 0.3, 0.4]}
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    (pause / "pause.json").write_text(json.dumps({bad: 1}))  # `bad` waits after epoch 1 for the kill
+    argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, "asha", "--max-epochs", "4",
+                    "--grace-period", "2", "--reduction-factor", "2")
+    experiment = tmp_path / "ray" / "asha"
+    cmd = [sys.executable, "-c", DRIVER, json.dumps([argv, curves, str(pause)])]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(tmp_path / "run1.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None and not _snapshot_has_checkpoint(experiment, bad):
+            time.sleep(1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert _snapshot_has_checkpoint(experiment, bad), (tmp_path / "run1.log").read_text()[-3000:]
+    (pause / "resumed").touch()
+    resumed = subprocess.run([*cmd[:3], json.dumps([[*argv, "--resume"], curves, str(pause)])], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    ids = trial_ids_by_lr(experiment)
+    trials = rows(tmp_path / "export")
+    # At epoch 2 (the rung) the resumed trial's 0.2 is below the finished trial's 0.6: stopped there.
+    # Before the rungs were replayed it was the first arrival at an empty rung and ran all 4 epochs.
+    assert trials[ids[bad]]["ended"] == "stopped by ASHA" and trials[ids[bad]]["epochs_run"] == "2"
+    assert trials[ids[good]]["ended"] == "completed"
+
+    # The concurrency of a resumed search is recomputed for the cluster it resumes on.
+    plan = dataclasses.replace(load_plan(str(experiment)), max_concurrent=None)
+    ray.init(num_cpus=3, include_dashboard=False)
+    try:
+        tuner = launch.restore_tuner(plan, fn=functools.partial(scripted, curves=curves))
+        config = launch._restored_tune_config(tuner)
+        assert config.max_concurrent_trials == 2  # 3 CPUs, 2 trials (the run was created with 1)
+        assert config.scheduler.rungs()[2] == {ids[good]: 0.6, ids[bad]: 0.2}
+    finally:
+        ray.shutdown()
+
+
+def _snapshot_has_checkpoint(experiment: Path, lr: str) -> bool:
+    """Ray's experiment snapshot (what --resume reads) knows a checkpoint of the trial with this lr."""
+    if not any(experiment.glob("experiment_state-*.json")):
+        return False
+    from ray import tune
+
+    try:
+        analysis = tune.ExperimentAnalysis(str(experiment))
+    except Exception:  # written while we read it
+        return False
+    return any(repr(t.config.get("backbone_lr")) == lr and t.checkpoint is not None for t in analysis.trials)
+
+
+def test_diverged_trials_rank_by_their_best_finite_epoch_and_optuna_learns_best_values(
+        tiny_dataset, tiny_cache_dir, tmp_path, capsys):
+    curves = {repr(1e-3): [0.5, 0.8, 0.6], repr(1e-4): [0.6, 0.9, math.nan], repr(1e-5): [0.4, math.nan]}
+    argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, "mixed", "--max-epochs", "3",
+                    "--grace-period", "3")
+    try:
+        assert search.main(argv, trial_fn=functools.partial(scripted, curves=curves)) == 0
+    finally:
+        ray.shutdown()
+    experiment = tmp_path / "ray" / "mixed"
+    ids = trial_ids_by_lr(experiment)
+    trials = rows(tmp_path / "export")
+    assert [trials[ids[k]]["ended"] for k in curves] == ["completed", "diverged", "diverged"]
+    # The best trial diverged after its best epoch: exported anyway (Ray's own max is NaN for it).
+    metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
+    assert (metrics["trial"], metrics["epoch"], metrics["val_srcc"]) == (ids[repr(1e-4)], 2, 0.9)
+    by_number = {t.number: t for t in study(experiment).trials}
+    values = {lr: by_number[i].value for i, lr in enumerate(curves)}
+    states = {lr: by_number[i].state for i, lr in enumerate(curves)}
+    assert values[repr(1e-3)] == 0.8  # its best, not its last (0.6)
+    assert states[repr(1e-4)] == states[repr(1e-5)] == optuna.trial.TrialState.PRUNED
+    assert "diverged at epoch 3" in capsys.readouterr().out
+
+
+def test_a_search_in_which_every_trial_diverges_exports_its_best_finite_epoch(tiny_dataset, tiny_cache_dir,
+                                                                              tmp_path, capsys):
+    curves = {repr(1e-3): [0.5, 0.7, math.nan], repr(1e-4): [0.6, math.nan]}
+    argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, "diverged", "--max-epochs", "3",
+                    "--grace-period", "3")
+    try:
+        assert search.main(argv, trial_fn=functools.partial(scripted, curves=curves)) == 0
+    finally:
+        ray.shutdown()
+    out = capsys.readouterr().out
+    assert "every trial diverged" in out and "Traceback" not in out
+    trials = rows(tmp_path / "export")
+    assert {r["ended"] for r in trials.values()} == {"diverged"}
+    metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
+    assert (metrics["epoch"], metrics["val_srcc"]) == (2, 0.7)
