@@ -21,9 +21,9 @@ from tuning.space import SearchSpace
 
 # Reported every epoch (the solver's keys); None (undefined, diverged) goes to Ray as NaN, which
 # ASHA, the checkpoint ranking and Optuna all treat as the worst value instead of failing on it.
-NUMERIC_KEYS = ("epoch", "val_srcc", "val_plcc", "val_krcc", "val_rmse", "test_srcc", "test_plcc",
-                "test_krcc", "test_rmse", "train_loss", "train_srcc", "lr_backbone", "lr_head",
-                "patches_per_s", "time_s", "best_epoch")
+NUMERIC_KEYS = ("epoch", "val_srcc", "val_plcc", "val_plcc_logistic", "val_krcc", "val_rmse", "test_srcc",
+                "test_plcc", "test_plcc_logistic", "test_krcc", "test_rmse", "train_loss", "train_srcc",
+                "lr_backbone", "lr_head", "patches_per_s", "time_s", "best_epoch")
 
 
 def train_trial(config: dict[str, Any], *, base: dict, space: SearchSpace, metric: str) -> None:
