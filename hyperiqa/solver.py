@@ -185,15 +185,15 @@ class Solver:
                          channels_last=self.cuda and cfg.channels_last)
 
     def predict(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """(predictions, labels) per image of `split` (val, test, train or all): fixed crops, averaged per image."""
+        """(record indices, predictions) of `split` (val, test, train or all): fixed crops, averaged per image."""
         crops = self._eval_crops(split)
         self.model.eval()
-        pred = predict_images(self.forward, crops, device=self.device, amp=self.cfg.amp)
-        return pred, self.data.labels[crops.indices]
+        return crops.indices, predict_images(self.forward, crops, device=self.device, amp=self.cfg.amp)
 
     def evaluate(self, split: str) -> dict:
         """metrics.correlations (srcc, plcc, plcc_logistic, krcc, rmse) of `split`, image level."""
-        return M.correlations(*self.predict(split))
+        indices, pred = self.predict(split)
+        return M.correlations(pred, self.data.labels[indices])
 
     # --- the run ----------------------------------------------------------------------------
     def epochs(self) -> Iterator[dict]:
