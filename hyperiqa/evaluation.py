@@ -9,7 +9,7 @@ short_side or resize_to). The model learned quality at that image scale: blur ra
 JPEG block size are all measured in pixels, so the target's images are shown to it at the same scale,
 as IQA cross-dataset tests do. A checkpoint trained at original size has no scale to impose; the
 target is then resized by its own dataset's default rule (KonIQ 1024x768 -> short side 384, SPAQ
--> 512, the others kept), the scale at which that dataset is trained on. TrainConfig overrides of
+-> 512, the others kept), the scale that dataset is trained at. TrainConfig overrides of
 resize_short_side or resize_to replace both.
 
 RMSE needs predictions and labels on one scale. The model predicts on its training labels' range

@@ -101,14 +101,14 @@ def test_cross_dataset_scores_every_image_and_metrics_match_an_independent_compu
         checkpoint, target, same_scale, request):
     root, labels = request.getfixturevalue(target)
     name = {"tid2013": "tid2013", "kadid": "kadid10k"}[target]
-    scores = score_checkpoint(checkpoint, name, str(root))
+    scores = score_checkpoint(checkpoint, name, str(root), device="cpu")
     assert len(scores.paths) == len(labels) and scores.split == "all"
     # tid2013 images are 64x64: only the checkpoint's rule (short side 32) makes each one a single crop.
     expected = whole_image_scores(checkpoint, scores.paths)
     assert scores.predictions == pytest.approx(expected, abs=1e-6)  # float32 rounding; spread ~1e-2
     assert np.ptp(expected) > 0  # the model tells the images apart: the correlations are defined
     pred, mos = scores.predictions, np.array([labels[p.rsplit("/", 1)[-1]] for p in scores.paths])
-    result = evaluate_checkpoint(checkpoint, name, str(root))
+    result = evaluate_checkpoint(checkpoint, name, str(root), device="cpu")
     assert result["n_images"] == len(labels) and (result["dataset"], result["split"]) == (name, "all")
     assert result["srcc"] == pytest.approx(stats.spearmanr(pred, mos)[0], abs=1e-9)
     assert result["plcc"] == pytest.approx(stats.pearsonr(pred, mos)[0], abs=1e-9)
@@ -128,7 +128,7 @@ def test_resize_rule_prefers_the_checkpoints_rule_then_the_target_default():
 
 
 def test_cli_json_last_line_and_reader_options(checkpoint, tiny_dataset, capsys):
-    argv = ["--checkpoint", str(checkpoint), "--dataset", "csv", "--data-root", str(tiny_dataset),
+    argv = ["--checkpoint", str(checkpoint), "--device", "cpu", "--dataset", "csv", "--data-root", str(tiny_dataset),
             "--option", "csv=labels.csv", "--option", "group_column=group", "--option", "raw_range=0,9", "--json"]
     code, out, err = cli(evaluate.main, argv, capsys)
     assert code == 0, err
@@ -138,7 +138,7 @@ def test_cli_json_last_line_and_reader_options(checkpoint, tiny_dataset, capsys)
 
 
 def test_cli_text_names_the_rule_and_why_rmse_is_missing(checkpoint, kadid, capsys):
-    code, out, _ = cli(evaluate.main, ["--checkpoint", str(checkpoint), "--dataset", "kadid10k",
+    code, out, _ = cli(evaluate.main, ["--checkpoint", str(checkpoint), "--device", "cpu", "--dataset", "kadid10k",
                                        "--data-root", str(kadid[0])], capsys)
     assert code == 0
     assert "images: short side 32 (the checkpoint's rule), 2 crops of 32 px" in out
@@ -148,7 +148,7 @@ def test_cli_text_names_the_rule_and_why_rmse_is_missing(checkpoint, kadid, caps
 
 
 def test_cli_own_split_keeps_its_behaviour_and_shows_plcc_logistic(checkpoint, capsys):
-    code, out, err = cli(evaluate.main, ["--checkpoint", str(checkpoint)], capsys)
+    code, out, err = cli(evaluate.main, ["--checkpoint", str(checkpoint), "--device", "cpu"], capsys)
     assert code == 0, err
     # 4 test images: too few for the logistic fit, shown as undefined.
     assert out.strip().splitlines()[-1].startswith("csv test (4 images): srcc ")
