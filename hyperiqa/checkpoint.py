@@ -3,7 +3,8 @@
 A checkpoint folder (written by Solver.save_checkpoint) holds:
   model.safetensors  the model's state dict          trainer_state.pt  optimizer, schedule, epoch, RNG, history
   config.yaml        the TrainConfig                 metrics.json      the metrics of the saved epoch
-  split.csv          path,split of every image       preprocess.json   patch size, mean/std, resize rule
+  split.csv          path,split of every image       preprocess.json   patch size, mean/std, resize rule,
+                                                                       label range (the output's scale)
 Nothing is unpickled: weights are safetensors, trainer_state.pt loads with torch.load(weights_only=True).
 """
 
@@ -62,8 +63,11 @@ def save_checkpoint_files(directory: Path, *, model_state: dict, trainer_state: 
     atomic_write_json(directory / METRICS, metrics)
     save_split(directory / SPLIT, data.spec, data.split)
     short_side = cfg.resize_short_side if cfg.resize_short_side is not None else data.spec.default_short_side
+    # label_range: the model predicts (higher is better) on its training dataset's raw label range;
+    # evaluation on another dataset reports RMSE only when that dataset's range is the same.
     atomic_write_json(directory / PREPROCESS, {"patch_size": cfg.patch_size, "mean": list(mean), "std": list(std),
-                                               "short_side": short_side or None, "resize_to": cfg.resize_to})
+                                               "short_side": short_side or None, "resize_to": cfg.resize_to,
+                                               "label_range": list(data.spec.raw_range)})
 
 
 # --- reading ---------------------------------------------------------------------------------------

@@ -1,17 +1,23 @@
-"""Re-evaluate a checkpoint: python -m hyperiqa.evaluate --checkpoint DIR [--split test] [--set k=v ...].
+"""Re-evaluate a checkpoint: python -m hyperiqa.evaluate --checkpoint DIR [--split test] [--set k=v ...]
+or on another dataset:      python -m hyperiqa.evaluate --checkpoint DIR --dataset NAME --data-root D
 
-Uses the dataset and split recorded beside the weights (config.yaml, split.csv), the same fixed crops
-as training (cfg.seed, cfg.test_patches) and prints image-level srcc, plcc, krcc and rmse.
+Without --dataset: the dataset and split recorded beside the weights (config.yaml, split.csv). With
+--dataset: every image of that dataset, with the checkpoint's patch size, normalisation, crops and
+resize rule (the target dataset's default rule if the checkpoint has none). Prints image-level srcc,
+plcc, plcc_logistic (PLCC after the 4-parameter logistic mapping), krcc and rmse; rmse is left out
+when the target's labels are on another scale than the checkpoint's training labels. With --json the
+last line of stdout is one JSON object (undefined metrics are null).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from hyperiqa import checkpoint as ckpt
 from hyperiqa.config import parse_assignments
+from hyperiqa.data.__main__ import parse_options
+from hyperiqa.data.datasets import DATASETS, DatasetError
+from hyperiqa.evaluation import score_checkpoint
 from hyperiqa.solver import EVAL_SPLITS
 from hyperiqa.utils import UserError, run_cli
 
@@ -21,7 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="DIR",
                    help="a checkpoint folder written by hyperiqa.train (e.g. runs/X/best)")
-    p.add_argument("--split", default="test", choices=EVAL_SPLITS, help="which images to score (default test)")
+    p.add_argument("--dataset", metavar="NAME",
+                   help=f"score every image of this dataset instead ({', '.join(DATASETS)})")
+    p.add_argument("--data-root", metavar="DIR", help="the folder of --dataset")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="reader option of --dataset, e.g. --option csv=labels.csv (repeatable)")
+    p.add_argument("--split", choices=EVAL_SPLITS,
+                   help="without --dataset: which images of the saved split to score (default test)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set data_root=/data/koniq --set device=cpu")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto); the device the "
@@ -30,30 +42,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    folder = Path(args.checkpoint)
-    if folder.suffix == ".safetensors":
-        folder = folder.parent
-    if not (folder / ckpt.CONFIG).is_file():
-        raise UserError(f"--checkpoint {args.checkpoint}: expected a checkpoint folder with {ckpt.CONFIG} "
-                        "(original-format checkpoints carry no dataset; score images with hyperiqa.predict)")
-    model, cfg = ckpt.load_model(folder)
-    # This machine's runtime, whatever the checkpoint's trainer used (a GPU share, a CUDA device, threads).
-    # Evaluation only: keep training images off the GPU.
-    changes = {**cfg.portable().to_dict(), "device": args.device, "device_cache_gb": 0.0}
-    if (folder / ckpt.SPLIT).is_file():
-        changes.update(split="file", split_file=str((folder / ckpt.SPLIT).resolve()))
-    changes.update(parse_assignments(args.overrides))
-    cfg = type(cfg).from_dict({**cfg.to_dict(), **changes}, source="--set")
-    from hyperiqa.solver import Solver
-
-    solver = Solver(cfg, model=model, log=lambda msg: print(msg, flush=True))
-    result = solver.evaluate(args.split)
+    if args.dataset is None and (args.data_root or args.option):
+        raise UserError("--data-root and --option describe the dataset of --dataset NAME; without --dataset "
+                        "the checkpoint's own dataset and split are scored")
+    if args.dataset is not None and args.split not in (None, "all"):
+        raise UserError(f"--split {args.split}: with --dataset every image of {args.dataset} is scored; "
+                        "drop --split")
+    options, overrides = parse_options(args.option), parse_assignments(args.overrides)
+    try:
+        scores = score_checkpoint(args.checkpoint, args.dataset, args.data_root, split=args.split,
+                                  options=options, device=args.device, overrides=overrides,
+                                  log=lambda msg: print(msg, flush=True))
+    except DatasetError as exc:
+        if args.dataset is None:
+            raise
+        flags = f"--dataset {args.dataset}" + (f" --data-root {args.data_root}" if args.data_root else "")
+        raise UserError(f"{flags}: {exc}") from None
+    result = scores.metrics()
+    for note in scores.notes:
+        print(note)
     if args.json:
-        print(json.dumps({"split": args.split, **result}))
+        print(json.dumps(result))
     else:
-        print(f"{args.split}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        values = "  ".join(f"{k} {_fmt(result[k])}" for k in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")
+                           if k in result)
+        print(f"{result['dataset']} {result['split']} ({result['n_images']} images): {values}")
     return 0
 
 

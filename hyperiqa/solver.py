@@ -6,7 +6,7 @@ fixed crops averaged per image, model selection uses cfg.selection_metric (valid
 and the whole state (weights, optimizer, schedule, RNG, best epoch) can be saved and resumed exactly.
 
 Metrics per epoch: train_loss (mean L1 over patches) and train_srcc (PATCH level, on the patches seen
-during the epoch); val_*/test_* are image level (srcc, plcc, krcc, rmse).
+during the epoch); val_*/test_* are image level (metrics.IMAGE_METRICS: srcc, plcc, plcc_logistic, krcc, rmse).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +29,29 @@ from hyperiqa.schedules import build_scheduler
 from hyperiqa.utils import UserError, seed_everything
 
 EVAL_SPLITS = ("val", "test", "train", "all")
+
+
+def autocast(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when amp is on; the CPU always runs fp32."""
+    if device.type == "cuda" and amp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def predict_images(forward, crops, *, device: torch.device, amp: bool) -> np.ndarray:
+    """Mean score of each image of `crops` (an EvalCrops), in the order of crops.indices.
+
+    Shared by Solver.evaluate and cross-dataset evaluation (hyperiqa.evaluation), so a checkpoint
+    scores an image the same way whichever dataset the image comes from. The caller sets eval mode.
+    """
+    scores, positions = [], []
+    with torch.inference_mode(), autocast(device, amp):
+        for x, pos in crops.batches():
+            scores.append(forward(x).float())
+            positions.append(pos)
+    patch = torch.cat(scores).cpu().numpy()
+    pos = torch.cat(positions).cpu().numpy()
+    return M.image_scores(patch, pos, crops.num_images)
 
 
 class Solver:
@@ -89,9 +113,7 @@ class Solver:
         return cls(groups, lr=cfg.backbone_lr, weight_decay=cfg.weight_decay, **extra)
 
     def _autocast(self):
-        if self.cuda and self.cfg.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.cfg.amp)
 
     # --- training ---------------------------------------------------------------------------
     def train_epoch(self) -> dict:
@@ -142,8 +164,6 @@ class Solver:
     def _eval_indices(self, split: str):
         s = self.data.split
         if split == "all":
-            import numpy as np
-
             return np.concatenate([s.train, s.val, s.test])
         return getattr(s, split)
 
@@ -164,19 +184,15 @@ class Solver:
                          mean=self.model.input_mean, std=self.model.input_std,
                          channels_last=self.cuda and cfg.channels_last)
 
-    def evaluate(self, split: str) -> dict:
-        """Image-level srcc/plcc/krcc/rmse on `split` (val, test, train or all): fixed crops, averaged per image."""
+    def predict(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(record indices, predictions) of `split` (val, test, train or all): fixed crops, averaged per image."""
         crops = self._eval_crops(split)
-        indices = self._eval_indices(split)
         self.model.eval()
-        scores, positions = [], []
-        with torch.inference_mode(), self._autocast():
-            for x, pos in crops.batches():
-                scores.append(self.forward(x).float())
-                positions.append(pos)
-        patch = torch.cat(scores).cpu().numpy()
-        pos = torch.cat(positions).cpu().numpy()
-        pred = M.image_scores(patch, pos, len(indices))
+        return crops.indices, predict_images(self.forward, crops, device=self.device, amp=self.cfg.amp)
+
+    def evaluate(self, split: str) -> dict:
+        """metrics.correlations (srcc, plcc, plcc_logistic, krcc, rmse) of `split`, image level."""
+        indices, pred = self.predict(split)
         return M.correlations(pred, self.data.labels[indices])
 
     # --- the run ----------------------------------------------------------------------------
@@ -197,7 +213,7 @@ class Solver:
         metrics = {M.EPOCH: self.epoch + 1, **self.train_epoch()}
         self.epoch += 1
         if self.diverged_at is not None:
-            metrics.update({f"{s}_{k}": None for s in ("val", "test") for k in ("srcc", "plcc", "krcc", "rmse")})
+            metrics.update({f"{s}_{k}": None for s in ("val", "test") for k in M.IMAGE_METRICS})
             metrics[M.STATUS] = "diverged"
             metrics["message"] = f"diverged at epoch {self.epoch}: non-finite training loss"
             self.log(metrics["message"])
@@ -205,7 +221,7 @@ class Solver:
         else:
             for split in ("val", "test"):
                 result = self.evaluate(split) if getattr(self.data, split) is not None else {}
-                for key in ("srcc", "plcc", "krcc", "rmse"):
+                for key in M.IMAGE_METRICS:
                     metrics[f"{split}_{key}"] = M.finite_or_none(result.get(key))
             metrics[M.STATUS] = self._update_best_and_status(metrics)
         metrics["best_epoch"] = self.best_epoch

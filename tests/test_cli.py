@@ -79,6 +79,8 @@ def test_evaluate_reproduces_the_checkpoint_metrics(trained_run, capsys):
     saved = json.loads((best / "metrics.json").read_text())
     assert result["srcc"] == pytest.approx(saved["test_srcc"], abs=1e-9)
     assert result["rmse"] == pytest.approx(saved["test_rmse"], rel=1e-6)
+    assert result["plcc_logistic"] == saved["test_plcc_logistic"]  # None: 4 test images are too few to fit
+    assert (result["dataset"], result["split"], result["n_images"]) == ("csv", "test", 4)
 
 
 def test_predict_scores_a_folder_and_skips_a_non_image(trained_run, tiny_dataset, tmp_path, capsys):

@@ -78,7 +78,30 @@ def test_importance_ranks_the_parameter_that_matters():
 def test_importance_with_too_few_trials_says_why():
     rows = [report.make_row("a", {"backbone_lr": 1e-3}, "TERMINATED", _epochs([0.5], "completed"), "val_srcc", 1)]
     result = report.importance(rows, SPACE.distributions())
-    assert result["importances"] == {} and "1 trials" in result["note"]
+    assert result["importances"] == {} and "1 trials" in result["note"] and result["reliable"] is False
+
+
+def _asha_rows(reached: int, stopped: int) -> list:
+    """`reached` trials ran 2 epochs (the first rung), `stopped` only 1; the value follows the LR."""
+    rows = []
+    for i in range(reached + stopped):
+        epochs = 2 if i < reached else 1
+        lr = 10 ** (-5 + 3 * i / (reached + stopped))
+        values = [0.2 + 0.6 * i / (reached + stopped)] * epochs
+        rows.append(report.make_row(str(i), {"backbone_lr": lr, "schedule": "cosine"}, "TERMINATED",
+                                    _epochs(values, "completed" if epochs == 2 else "running"), "val_srcc", 2))
+    return rows
+
+
+@pytest.mark.parametrize("reached, reliable", [(10, True), (9, False)])
+def test_importance_is_flagged_unreliable_below_ten_trials_at_the_first_rung(reached, reliable):
+    # 12 trials either way: what counts is how many got past ASHA's first rung (epoch 2).
+    result = report.importance(_asha_rows(reached, 12 - reached), SPACE.distributions(), first_rung=2)
+    assert result["reliable"] is reliable and result["trials_at_first_rung"] == reached
+    assert result["trials_used"] == 12 and result["importances"]  # computed on both sides
+    assert ("unreliable: only 9 trials reached the first ASHA rung (epoch 2)" in result["note"]) is not reliable
+    # Without the rung every trial that reported an epoch counts: all 12.
+    assert report.importance(_asha_rows(reached, 12 - reached), SPACE.distributions())["reliable"] is True
 
 
 def test_staging_replaces_the_folder_only_on_success(tmp_path):

@@ -140,9 +140,27 @@ def test_early_stopping_and_best_epoch(tiny_cfg):
 def test_evaluation_uses_fixed_crops(tiny_cfg):
     solver = Solver(tiny_cfg(), log=quiet)
     first, second = solver.evaluate("val"), solver.evaluate("val")
-    assert first == second
-    assert set(first) == {"srcc", "plcc", "krcc", "rmse"}
+    assert json.dumps(first) == json.dumps(second)  # NaN-safe: plcc_logistic is NaN on the 4 val images
+    assert set(first) == {"srcc", "plcc", "plcc_logistic", "krcc", "rmse"}
     assert solver.evaluate("all")["rmse"] > 0
+
+
+def test_every_numeric_epoch_metric_reaches_ray_as_a_number(tiny_cfg):
+    from tuning.trainable import to_report  # imports Ray, starts nothing
+
+    solver = Solver(tiny_cfg(epochs=1), log=quiet)
+    solver.train_epoch = lambda: {"train_loss": 1.0, "train_srcc": 0.5, "lr_backbone": 1e-3, "lr_head": 1e-2,
+                                  "patches_per_s": 1.0}
+    # 4 val images: too few for the logistic fit, so val_plcc_logistic is None, as on any small split.
+    solver.evaluate = lambda split: {"srcc": 0.5, "plcc": 0.4, "plcc_logistic": float("nan"), "krcc": 0.3,
+                                     "rmse": 1.0}
+    metrics = next(solver.epochs())
+    assert metrics["val_plcc_logistic"] is None and metrics["test_plcc_logistic"] is None
+    report = to_report(metrics, "val_srcc")
+    # A None the trainable does not know would be dropped, and the key would vanish from Ray's results.
+    numeric = [k for k, v in metrics.items() if v is None or isinstance(v, (int, float))]
+    assert set(numeric) <= set(report)
+    assert math.isnan(report["val_plcc_logistic"]) and report["val_plcc"] == 0.4
 
 
 def test_standardized_labels_set_the_output_affine_and_survive_checkpoints(tiny_cfg, tmp_path):

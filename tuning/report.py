@@ -120,15 +120,28 @@ def plot_curves(rows: list[TrialRow], metric: str, best_id: str | None, path) ->
     plt.close(fig)
 
 
-def importance(rows: list[TrialRow], distributions: dict) -> dict[str, Any]:
-    """Optuna's parameter importance on a study rebuilt from the trials (value = each trial's best metric)."""
+RELIABLE_TRIALS = 10  # fewer trials with a value at ASHA's first rung: importance.json says unreliable
+
+
+def importance(rows: list[TrialRow], distributions: dict, *, first_rung: int = 1) -> dict[str, Any]:
+    """Optuna's parameter importance on a study rebuilt from the trials (value = each trial's best metric).
+
+    first_rung: epochs of ASHA's first rung (the search's grace period). PED-ANOVA/fANOVA on a handful
+    of trials, sampled where TPE already believed the optimum was and cut short by ASHA, ranks noise:
+    with fewer than RELIABLE_TRIALS trials (with a finite metric) reaching the first rung the result
+    says `reliable: false` and why. The default (1) counts every trial that reported an epoch.
+    """
     import optuna
 
     usable = [r for r in rows if math.isfinite(r.best)]
+    at_rung = sum(r.epochs_run >= first_rung for r in usable)
+    reliable = at_rung >= RELIABLE_TRIALS
+    trust = {"reliable": reliable, "trials_at_first_rung": at_rung, "first_rung": first_rung}
     searched = [n for n, d in distributions.items() if not _single_choice(d)]
     if len(usable) < 3 or not searched:
-        return {"importances": {}, "note": f"not computed: {len(usable)} trials with a finite metric and "
-                                           f"{len(searched)} searched parameters (need >= 3 and >= 1)"}
+        return {"importances": {}, **trust, "reliable": False,
+                "note": f"not computed: {len(usable)} trials with a finite metric and "
+                        f"{len(searched)} searched parameters (need >= 3 and >= 1)"}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
     for r in usable:
@@ -140,10 +153,15 @@ def importance(rows: list[TrialRow], distributions: dict) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             values = optuna.importance.get_param_importances(study)
     except (ValueError, RuntimeError) as exc:  # e.g. every trial has the same value
-        return {"importances": {}, "note": f"not computed: {exc}"}
-    return {"importances": {k: float(v) for k, v in values.items()}, "trials_used": len(usable),
-            "evaluator": "optuna default (PED-ANOVA); value = each trial's best metric",
-            "note": "rough with few trials; ASHA-stopped trials count with the best value they reached"}
+        return {"importances": {}, **trust, "reliable": False, "note": f"not computed: {exc}"}
+    if reliable:
+        note = "ASHA-stopped trials count with the best value they reached"
+    else:
+        note = (f"unreliable: only {at_rung} trials reached the first ASHA rung (epoch {first_rung}); "
+                f"with fewer than {RELIABLE_TRIALS}, TPE-concentrated samples and ASHA-truncated values "
+                "make this ranking mostly noise: do not read parameter effects from it")
+    return {"importances": {k: float(v) for k, v in values.items()}, "trials_used": len(usable), **trust,
+            "evaluator": "optuna default (PED-ANOVA); value = each trial's best metric", "note": note}
 
 
 def _single_choice(dist) -> bool:

@@ -24,9 +24,9 @@ from tuning.space import SearchSpace
 
 # Reported every epoch (the solver's keys); None (undefined, diverged) goes to Ray as NaN, which the
 # scheduler and searcher of tuning/schedulers.py rank below every finite value.
-NUMERIC_KEYS = ("epoch", "val_srcc", "val_plcc", "val_krcc", "val_rmse", "test_srcc", "test_plcc",
-                "test_krcc", "test_rmse", "train_loss", "train_srcc", "lr_backbone", "lr_head",
-                "patches_per_s", "time_s", "best_epoch")
+NUMERIC_KEYS = ("epoch", "val_srcc", "val_plcc", "val_plcc_logistic", "val_krcc", "val_rmse", "test_srcc",
+                "test_plcc", "test_plcc_logistic", "test_krcc", "test_rmse", "train_loss", "train_srcc",
+                "lr_backbone", "lr_head", "patches_per_s", "time_s", "best_epoch")
 FAILED = "failed"  # the status of a trial that could not start (data, cache or configuration on its node)
 LOG_NAME = "train.log"
 
