@@ -34,6 +34,16 @@ OPTIMIZERS = ("adam", "adamw")
 SELECTION_METRICS = ("val_srcc", "val_plcc", "test_srcc", "test_plcc")
 SPLIT_MODES = ("random", "official", "file")
 LABEL_NORMS = ("none", "standardize")
+# Behaviours of the original solver (SSL92/hyperIQA) that the fixed one corrects, each reproducible on
+# its own so that an ablation can measure what it costs (docs/original-defects.md). Epochs 1-based.
+LEGACY_DEFECTS = {
+    "backbone_lr_constant": "the backbone group keeps its initial LR; only the head follows the schedule",
+    "optimizer_reset": "a new Adam before every epoch after the first (moment estimates and step counts lost)",
+    "head_frozen_after_epoch1": "the head group is empty from epoch 2 on: gradients computed, never applied",
+    "lr_ratio_reset": "head LR = the scheduled backbone LR (ratio 1) from epoch 11 on",
+    "lr_one_epoch_late": "LRs change once per epoch, one epoch late: epoch e uses the schedule's epoch e-1",
+    "random_eval_crops": "new evaluation crops at every epoch's evaluation, seeded by (seed, epoch)",
+}
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,9 @@ class TrainConfig:
     # --- selection and stopping -------------------------------------------------------------
     selection_metric: str = _f("val_srcc", choices=SELECTION_METRICS)
     patience: int = _f(0, min=0, doc="stop after this many epochs without a new best (0 = never)")
+    # --- the original solver's defects, for ablations -------------------------------------------
+    legacy: list = _f([], doc="original-solver defects to reproduce (docs/original-defects.md), or [all]: "
+                              + ", ".join(LEGACY_DEFECTS) + "; [] = the fixed solver")
     # --- runtime ----------------------------------------------------------------------------
     seed: int = _f(0, min=0)
     device: str = _f("auto", doc="auto, cpu, cuda or cuda:N")
@@ -119,8 +132,17 @@ class TrainConfig:
         if self.resize_to is not None and (len(self.resize_to) != 2 or
                                            not all(isinstance(v, int) and v > 0 for v in self.resize_to)):
             raise ConfigError(f"{source}: resize_to = {self.resize_to!r}; expected [width, height], positive integers")
+        unknown = [n for n in self.legacy if not (isinstance(n, str) and (n == "all" or n in LEGACY_DEFECTS))]
+        if unknown:
+            raise ConfigError(f"{source}: legacy = {self.legacy!r}: unknown name {unknown[0]!r}; allowed: all, "
+                              f"{', '.join(LEGACY_DEFECTS)}")
         if self.split == "file" and not self.split_file:
             raise ConfigError(f"{source}: split = 'file' needs split_file (a CSV written by an earlier run)")
+
+    @property
+    def legacy_defects(self) -> frozenset[str]:
+        """The `legacy` names with `all` expanded."""
+        return frozenset(LEGACY_DEFECTS) if "all" in self.legacy else frozenset(self.legacy)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
