@@ -62,7 +62,8 @@ class TrainConfig:
     resize_to: list | None = _f(None, doc="[width, height]: exact resize (the original code's KonIQ rule is [384, 512])")
     cache_dir: str | None = _f(None, doc="decoded-image cache folder; None = $HYPERIQA_CACHE or ~/.cache/hyperiqa")
     # --- model ------------------------------------------------------------------------------
-    backbone: str = _f("resnet50", doc="timm model name with features_only support")
+    backbone: str = _f("resnet50.tv_in1k", doc="timm model name with features_only support; resnet50.tv_in1k "
+                                                "= torchvision's ImageNet weights, as the original used")
     pretrained: bool = _f(True, doc="load ImageNet weights through timm (needs the internet or a warm HF cache)")
     backbone_weights: str | None = _f(None, doc="local backbone weights file (.safetensors/.pth); overrides pretrained")
     multiscale: bool = _f(False, doc="feed all backbone stages (pooled to the last stage's size) to the hyper network")
