@@ -37,6 +37,16 @@ LABEL_NORMS = ("none", "standardize")
 # Settings of the machine a run happens on, not of the model: a search sets them per trial (one GPU
 # share, one thread per CPU), and every checkpoint stores them reset so it loads on any machine.
 RUNTIME_FIELDS = ("device", "num_threads", "gpu_memory_fraction")
+# Behaviours of the original solver (SSL92/hyperIQA) that the fixed one corrects, each reproducible on
+# its own so that an ablation can measure what it costs (docs/original-defects.md). Epochs 1-based.
+LEGACY_DEFECTS = {
+    "backbone_lr_constant": "the backbone group keeps its initial LR; only the head follows the schedule",
+    "optimizer_reset": "a new Adam before every epoch after the first (moment estimates and step counts lost)",
+    "head_frozen_after_epoch1": "the head group is empty from epoch 2 on: gradients computed, never applied",
+    "lr_ratio_reset": "head LR = the scheduled backbone LR (ratio 1) from epoch 11 on",
+    "lr_one_epoch_late": "LRs change once per epoch, one epoch late: epoch e uses the schedule's epoch e-1",
+    "random_eval_crops": "new evaluation crops at every epoch's evaluation, seeded by (seed, epoch)",
+}
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,8 @@ class TrainConfig:
     resize_to: list | None = _f(None, doc="[width, height]: exact resize (the original code's KonIQ rule is [384, 512])")
     cache_dir: str | None = _f(None, doc="decoded-image cache folder; None = $HYPERIQA_CACHE or ~/.cache/hyperiqa")
     # --- model ------------------------------------------------------------------------------
-    backbone: str = _f("resnet50", doc="timm model name with features_only support")
+    backbone: str = _f("resnet50.tv_in1k", doc="timm model name with features_only support; resnet50.tv_in1k "
+                                                "= torchvision's ImageNet weights, as the original used")
     pretrained: bool = _f(True, doc="load ImageNet weights through timm (needs the internet or a warm HF cache)")
     backbone_weights: str | None = _f(None, doc="local backbone weights file (.safetensors/.pth); overrides pretrained")
     multiscale: bool = _f(False, doc="feed all backbone stages (pooled to the last stage's size) to the hyper network")
@@ -87,6 +98,9 @@ class TrainConfig:
     # --- selection and stopping -------------------------------------------------------------
     selection_metric: str = _f("val_srcc", choices=SELECTION_METRICS)
     patience: int = _f(0, min=0, doc="stop after this many epochs without a new best (0 = never)")
+    # --- the original solver's defects, for ablations -------------------------------------------
+    legacy: list = _f([], doc="original-solver defects to reproduce (docs/original-defects.md), or [all]: "
+                              + ", ".join(LEGACY_DEFECTS) + "; [] = the fixed solver")
     # --- runtime ----------------------------------------------------------------------------
     seed: int = _f(0, min=0)
     device: str = _f("auto", doc="auto, cpu, cuda or cuda:N")
@@ -122,8 +136,17 @@ class TrainConfig:
         if self.resize_to is not None and (len(self.resize_to) != 2 or
                                            not all(isinstance(v, int) and v > 0 for v in self.resize_to)):
             raise ConfigError(f"{source}: resize_to = {self.resize_to!r}; expected [width, height], positive integers")
+        unknown = [n for n in self.legacy if not (isinstance(n, str) and (n == "all" or n in LEGACY_DEFECTS))]
+        if unknown:
+            raise ConfigError(f"{source}: legacy = {self.legacy!r}: unknown name {unknown[0]!r}; allowed: all, "
+                              f"{', '.join(LEGACY_DEFECTS)}")
         if self.split == "file" and not self.split_file:
             raise ConfigError(f"{source}: split = 'file' needs split_file (a CSV written by an earlier run)")
+
+    @property
+    def legacy_defects(self) -> frozenset[str]:
+        """The `legacy` names with `all` expanded."""
+        return frozenset(LEGACY_DEFECTS) if "all" in self.legacy else frozenset(self.legacy)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

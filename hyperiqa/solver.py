@@ -1,9 +1,11 @@
-"""The fixed HyperIQA solver: one optimizer and one LR schedule for the whole run (REFERENCE.md §1).
+"""The fixed HyperIQA solver: one optimizer and one LR schedule for the whole run (docs/original-defects.md).
 
 Compared with the original solver: both param groups decay together and keep their ratio, the Adam
 state persists across epochs, every trainable parameter sits in exactly one group, evaluation uses
 fixed crops averaged per image, model selection uses cfg.selection_metric (validation by default),
 and the whole state (weights, optimizer, schedule, RNG, best epoch) can be saved and resumed exactly.
+cfg.legacy brings the original's defects back one by one, for ablations: the LR and optimizer rules
+live in hyperiqa/schedules.py (group_factors, epoch_start), random evaluation crops in _eval_crops.
 
 Metrics per epoch: train_loss (mean L1 over patches) and train_srcc (PATCH level, on the patches seen
 during the epoch); val_*/test_* are image level (metrics.IMAGE_METRICS: srcc, plcc, plcc_logistic, krcc, rmse).
@@ -25,7 +27,7 @@ from hyperiqa import checkpoint as ckpt
 from hyperiqa import metrics as M
 from hyperiqa.config import ConfigError, TrainConfig
 from hyperiqa.runtime import apply_runtime, resolve_device
-from hyperiqa.schedules import build_scheduler
+from hyperiqa.schedules import build_scheduler, epoch_start
 from hyperiqa.utils import UserError, seed_everything
 
 EVAL_SPLITS = ("val", "test", "train", "all")
@@ -112,6 +114,17 @@ class Solver:
         extra = {"fused": True} if self.cuda else {}
         return cls(groups, lr=cfg.backbone_lr, weight_decay=cfg.weight_decay, **extra)
 
+    def _prepare_optimizer(self, epoch: int) -> None:
+        """Put the optimizer in the state schedules.epoch_start gives for 0-based `epoch` (a no-op by default)."""
+        start = epoch_start(self.cfg, epoch)
+        head = next(g for g in self.optimizer.param_groups if g["name"] == "head")
+        if start.train_head != bool(head["params"]):
+            for p in head["params"]:
+                self.optimizer.state.pop(p, None)  # state_dict() cannot save state of a param in no group
+            head["params"] = list(self.model.head_parameters()) if start.train_head else []
+        if start.reset_optimizer:
+            self.optimizer.state.clear()
+
     def _autocast(self):
         return autocast(self.device, self.cfg.amp)
 
@@ -125,12 +138,15 @@ class Solver:
         preds, labels = [], []
         start = last_log = time.monotonic()
         seen, check_every = 0, max(n_batches // 10, 1)
+        self._prepare_optimizer(self.epoch)
         lrs = [g["lr"] for g in self.optimizer.param_groups]
         for i, (x, y) in enumerate(sampler.epoch(self.epoch), 1):
             with self._autocast():
                 pred = self.forward(x).float()
             loss = F.l1_loss(pred, y)
-            self.optimizer.zero_grad(set_to_none=True)
+            # Through the model, not the optimizer: a head left out of the optimizer (legacy
+            # head_frozen_after_epoch1) must not accumulate gradients into a later grad_clip norm.
+            self.model.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -185,8 +201,15 @@ class Solver:
                          channels_last=self.cuda and cfg.channels_last)
 
     def predict(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """(record indices, predictions) of `split` (val, test, train or all): fixed crops, averaged per image."""
+        """(record indices, predictions) of `split` (val, test, train or all): fixed crops, averaged per image.
+
+        With legacy random_eval_crops the crops change with the number of epochs trained, as the
+        original's random test crops did, but seeded by (seed, epoch): a run, its resumption and a
+        re-evaluated checkpoint see the same ones.
+        """
         crops = self._eval_crops(split)
+        if "random_eval_crops" in self.cfg.legacy_defects:
+            crops.draw(epoch=self.epoch)
         self.model.eval()
         return crops.indices, predict_images(self.forward, crops, device=self.device, amp=self.cfg.amp)
 
@@ -254,6 +277,8 @@ class Solver:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        if state["epoch"] > 0:  # the saved optimizer has the groups of the last epoch trained
+            self._prepare_optimizer(state["epoch"] - 1)
         self.optimizer.load_state_dict(state["optimizer"])
         _match_parameter_layout(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])

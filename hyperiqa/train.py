@@ -62,7 +62,8 @@ def summary(cfg: TrainConfig) -> str:
             f"{cfg.patch_size}, {cfg.train_patches}/{cfg.test_patches} train/test patches, batch {cfg.batch_size} | "
             f"{cfg.optimizer} backbone_lr {cfg.backbone_lr:g} x{cfg.lr_ratio:g} head, wd {cfg.weight_decay:g} | "
             f"{cfg.schedule} schedule, {cfg.epochs} epochs, warmup {cfg.warmup_epochs:g} | select "
-            f"{cfg.selection_metric}, patience {cfg.patience} | seed {cfg.seed}, device {cfg.device}")
+            f"{cfg.selection_metric}, patience {cfg.patience} | seed {cfg.seed}, device {cfg.device}"
+            + (f" | legacy {', '.join(cfg.legacy)} (the original's defects)" if cfg.legacy else ""))
 
 
 def _fmt(value, spec=".4f") -> str:

@@ -51,7 +51,7 @@ def tiny_cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tiny_cache")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # a pure factory: module-scoped fixtures may share one run
 def tiny_cfg(tiny_dataset, tiny_cache_dir):
     """A TrainConfig for tiny_dataset: random-init resnet10t, 32x32 patches, 4 iterations per epoch."""
 

@@ -104,6 +104,7 @@ def test_predict_scores_a_folder_and_skips_a_non_image(trained_run, tiny_dataset
     ("backbone_lrr=0.1", "backbone_lrr"),        # typo in a key
     ("backbone_lr=-0.001", "backbone_lr"),       # negative learning rate
     ("frozen_stages=7", "frozen_stages"),        # resnet10t has 4 stages
+    ("legacy=[optimiser_reset]", "optimiser_reset"),  # not a defect name (optimizer_reset)
 ])
 def test_bad_config_is_one_line_naming_the_field(tiny_cfg, tmp_path, capsys, override, field):
     cfg = tmp_path / "cfg.yaml"

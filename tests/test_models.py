@@ -16,7 +16,7 @@ from hyperiqa.models.hypernet import target_net
 from hyperiqa.utils import UserError
 
 
-# --- the original architecture, written from REFERENCE.md §1 with the original attribute names ---------
+# --- the original architecture (docs/original-defects.md#the-original-code), with its attribute names --
 class OriginalRes(nn.Module):
     """torchvision ResNet-50 body plus the LDA branches, as the original `res` module."""
 

@@ -1,4 +1,4 @@
-"""The fixed solver: the tests that would have caught the original's bugs (REFERENCE.md §1)."""
+"""The fixed solver: the tests that would have caught the original's bugs (docs/original-defects.md)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hyperiqa.config import TrainConfig, demo_config
+from hyperiqa.config import TrainConfig, demo_config, parse_assignments
 from hyperiqa.utils import UserError
 from tuning.space import SearchSpace, load_space, parse_space
 
@@ -83,6 +83,10 @@ def make_plan(args) -> Plan:
     """Validate the flags of a new search (args: the argparse namespace of tuning/search.py)."""
     space_file = load_space(args.space or ("demo" if args.dataset == "demo" else "default"))
     base = _base_config(args)
+    if args.metric.startswith("test_") and "val_fraction" not in parse_assignments(args.set or []):
+        # The paper's protocol picks the epoch on the test split and trains on everything else: a
+        # validation split nobody selects on would only take training images away.
+        base = base.replace(val_fraction=0.0)
     max_epochs = args.max_epochs or (DEMO_MAX_EPOCHS if base.dataset == "demo" else base.epochs)
     patience = base.patience if args.patience is None and base.patience else args.patience
     if patience is None:

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fixed TrainConfig setting for every trial, e.g. --set batch_size=64 (repeatable)")
     s.add_argument("--metric", default="val_srcc", choices=SELECTION_METRICS,
                    help="what ASHA, Optuna and the export maximise (default val_srcc; test_srcc reproduces "
-                        "the paper's protocol, which selects on the test split)")
+                        "the paper's protocol, which selects on the test split and trains on the rest: "
+                        "val_fraction 0 unless --set)")
     b = p.add_argument_group("budget and scheduling")
     b.add_argument("--num-samples", type=int, metavar="N", help=f"trials (default: {d['num_samples']})")
     b.add_argument("--max-epochs", type=int, metavar="E", help=f"epochs of a trial that is never stopped "

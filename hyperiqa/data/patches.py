@@ -212,7 +212,11 @@ class TrainPatchSampler:
 
 
 class EvalCrops:
-    """`crops_per_image` crops per image, drawn once from `seed`: identical on every call and in every trial."""
+    """`crops_per_image` crops per image, drawn once from `seed`: identical on every call and in every trial.
+
+    draw(epoch) replaces them with the crops of one epoch (legacy random_eval_crops); draw() restores
+    the fixed ones.
+    """
 
     def __init__(self, cache: DecodedCache, indices, *, patch_size: int, crops_per_image: int, batch_size: int,
                  seed: int, device, mean, std, channels_last: bool = False, device_cache_bytes: int = 0):
@@ -222,12 +226,17 @@ class EvalCrops:
             raise ValueError("EvalCrops needs at least one image")
         self.device, self.batch_size = torch.device(device), batch_size
         self.num_patches = self.num_images * crops_per_image
+        self.seed, self.patch_size, self.crops_per_image = seed, patch_size, crops_per_image
         self.store = _ImageStore(cache, self.indices, patch_size, self.device, device_cache_bytes)
         self.normalise = _Normaliser(mean, std, self.device, channels_last)
-        gen = _generator(seed, _EVAL_STREAM)
-        item = torch.arange(self.num_images).repeat_interleave(crops_per_image)
-        y = _offsets(gen, self.store.heights[item] - patch_size + 1)
-        x = _offsets(gen, self.store.widths[item] - patch_size + 1)
+        self.draw()
+
+    def draw(self, epoch: int | None = None) -> None:
+        """Draw the crops: the fixed ones (epoch None) or those of `epoch`, a pure function of (seed, epoch)."""
+        gen = _generator(self.seed, _EVAL_STREAM, *(() if epoch is None else (epoch,)))
+        item = torch.arange(self.num_images).repeat_interleave(self.crops_per_image)
+        y = _offsets(gen, self.store.heights[item] - self.patch_size + 1)
+        x = _offsets(gen, self.store.widths[item] - self.patch_size + 1)
         self.plan = CropPlan(item, y, x, torch.zeros_like(item, dtype=torch.bool), [0] * len(self))
         self._start, self._w3 = self.store.starts(self.plan)
         self._item = item.to(self.device)

@@ -1,6 +1,6 @@
 """HyperIQA (Su et al., CVPR 2020) on any timm backbone.
 
-With resnet50 at 224x224 this is the original architecture, layer for layer (REFERENCE.md §1):
+With resnet50 at 224x224 this is the original architecture, layer for layer (docs/original-defects.md):
 LDA branches -> 224-d target-net input; a hyper network on the last stage generates the weights of a
 five-layer target network 224-112-56-28-14-1, applied per image.
 """

@@ -1,6 +1,6 @@
 """Readers for datasets of authentically distorted photos: one image per content, groups = images.
 
-Layouts are those of REFERENCE.md §3, exactly as the datasets are distributed.
+Layouts (docs/datasets.md) are exactly as the datasets are distributed.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Readers for datasets of synthetic distortions of reference images: groups = reference images,
-so a split by group never shows one content in two splits. Layouts are those of REFERENCE.md §3.
+so a split by group never shows one content in two splits. Layouts: docs/datasets.md.
 """
 
 from __future__ import annotations
