@@ -34,7 +34,8 @@ stderr tail of each failed check. Exit code 0 only if every check passed.
       images must print 4 finite scores; a copy of the checkpoint whose config.yaml says device: cuda and
       gpu_memory_fraction: 0.5 (an exported checkpoint) must evaluate to the same SRCC.
   (f) `python bench/throughput.py --quick` with what is left of the budget; its table is printed and its
-      JSON kept. SKIP when too little time is left.
+      JSON written beside the report (gpu_check_throughput.json). SKIP when too little time is left, or
+      when the budget cuts it (what it had printed is shown and kept).
 
 Checks run in the order a, b, c, e, d, f. Estimated on an H200 (not yet measured): images ~5 s, a ~25 s,
 b ~35 s, c ~20 s, e ~25 s, d ~60-150 s (inductor compiles a training and an inference graph), f what is
@@ -221,8 +222,8 @@ def work_share(spec: dict) -> dict:
     dev = solver.device
     out = {**_layout(solver), **_stores(solver), "fraction": cfg.gpu_memory_fraction}
     getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)
-    if solver.cuda and getter is not None:
-        out["fraction_in_effect"] = float(getter(dev))
+    if solver.cuda and getter is not None:  # takes an index: torch.device("cuda") alone is rejected
+        out["fraction_in_effect"] = float(getter(torch.cuda.current_device() if dev.index is None else dev.index))
     warm = solver.train_epoch()  # outside the window: autotuning, allocator
     out["overlapped"] = _barrier(Path(spec["barrier"]), spec["index"], spec["n"], spec["barrier_timeout"])
     out["window_start"] = time.time()
@@ -410,8 +411,8 @@ def parse_worker(rc, out: str, err: str, timed_out: bool, timeout: float) -> dic
 
 
 class Context:
-    def __init__(self, args, mode: str, work: Path, out_path: Path):
-        self.args, self.mode, self.work, self.out_path = args, mode, work, out_path
+    def __init__(self, mode: str, work: Path, out_path: Path):
+        self.work, self.out_path = work, out_path
         self.s = SIZES[mode]
         self.smoke = mode == "smoke"
         self.results: dict[str, dict] = {}
@@ -679,7 +680,7 @@ def main() -> int:
     out_path = out_path.resolve()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="hyperiqa-gpucheck-"))).resolve()
-    ctx = Context(args, mode, work, out_path)
+    ctx = Context(mode, work, out_path)
     only = {c for c in args.only.split(",") if c}
 
     def on_term(signum, frame):
