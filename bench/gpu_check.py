@@ -1,4 +1,4 @@
-"""GPU acceptance check: the CUDA paths of the solver and the CLIs, in one command of under 5 minutes.
+"""GPU acceptance check: the CUDA paths of the solver and the CLIs, in one command that ends within --budget.
 
 On a machine with one H100/H200 (run it as ONE call with a timeout of about 540 s):
 
@@ -38,8 +38,9 @@ stderr tail of each failed check. Exit code 0 only if every check passed.
       when the budget cuts it (what it had printed is shown and kept).
 
 Checks run in the order a, b, c, e, d, f. Estimated on an H200 (not yet measured): images ~5 s, a ~25 s,
-b ~35 s, c ~20 s, e ~25 s, d ~60-150 s (inductor compiles a training and an inference graph), f what is
-left (throughput.py --quick is sized for ~4 minutes; if cut, its partial output is kept).
+b ~35 s, c ~20 s, e ~25 s, d ~60-150 s (inductor compiles a training and an inference graph), so a-e
+take 3-4 minutes; f gets what is left (throughput.py --quick is sized for ~4 minutes; if cut, its
+partial output is kept). For a run under 5 minutes in total, pass --budget 290: f is then skipped.
 --cpu-smoke: test_resnet at patch 64 on 16 images, device cpu, 1 thread per process; (b) runs without a
 memory cap, (c) with the CPU's Adam on both sides, (d) with torch.compile's aot_eager backend (inductor's
 C++ build takes minutes on 2 cores), (e) with an exported config saying device auto, and (f) runs
