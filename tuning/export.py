@@ -96,7 +96,7 @@ def export_experiment(experiment_path: str, out_dir: str | None = None, *, log=p
     with _staging(target) as tmp:
         _write_trials_csv(tmp / "trials.csv", entries)
         report.plot_curves(rows, plan.metric, best_row.trial_id if best_row else None, tmp / "curves.png")
-        atomic_write_json(tmp / "importance.json", report.importance(rows, space.distributions()))
+        atomic_write_json(tmp / "importance.json", report.importance(rows, space.distributions(), first_rung=plan.grace_period))
         if best is not None:
             _export_best(best, best_row, plan, space, tmp)
         atomic_write_text(tmp / "summary.md", _summary(plan, rows, best_row, entries))

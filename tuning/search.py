@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("resources")
     r.add_argument("--gpus", type=float, default=0, metavar="N", help="GPUs to use in total; 0 = CPU (default 0)")
     r.add_argument("--gpus-per-trial", type=float, metavar="G",
-                   help="GPUs per trial; fractions share a GPU and cap each trial's GPU memory to its share "
-                        "(default 1 with --gpus, else 0)")
+                   help="GPUs per trial, at most 1; fractions share a GPU and cap each trial's GPU memory to its "
+                        "share (default 1 with --gpus, else 0)")
     r.add_argument("--max-concurrent", type=int, metavar="N",
                    help="at most N trials at once (default: as many as --gpus and the cluster's CPUs allow)")
     r.add_argument("--cpus-per-trial", type=float, default=1, metavar="C",
