@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from hyperiqa.checkpoint import CONFIG
 from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text, run_cli
 from tuning import report
-from tuning.plan import SEARCH_FILE, Plan, absolute
+from tuning.options import absolute
+from tuning.plan import SEARCH_FILE, Plan
 
 
 @dataclass

@@ -16,7 +16,7 @@ from hyperiqa.utils import UserError
 from tuning import report
 from tuning.plan import Plan
 from tuning.schedulers import BestValueOptunaSearch, ResumableASHA
-from tuning.trainable import FAILED, train_trial
+from tuning.trainable import FAILED, fixed_trial, train_trial
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KEEP_CHECKPOINTS = 2  # per trial, ranked by the metric: the best epoch survives (see trainable.restore)
@@ -128,9 +128,8 @@ def check_fits_one_node(cpus: float, gpus: float, nodes: list[dict]) -> None:
 
 
 def make_trainable(plan: Plan, fn=train_trial):
-    resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
     trainable = tune.with_parameters(fn, base=plan.base, space=plan.search_space, metric=plan.metric)
-    return tune.with_resources(trainable, resources)
+    return tune.with_resources(trainable, {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
 
 
 def make_searcher(plan: Plan) -> BestValueOptunaSearch:
@@ -158,7 +157,8 @@ class FailedTrialReporter(tune.Callback):
             print(f"trial {trial.trial_id} failed and is not retried: {result.get('message')}", flush=True)
 
 
-def run_config(plan: Plan) -> tune.RunConfig:
+def run_config(plan) -> tune.RunConfig:
+    """Storage, checkpoint ranking, log upload and retries, for a Plan or a runner.RunSet."""
     return tune.RunConfig(
         name=plan.name, storage_path=plan.storage_path, verbose=1,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS, checkpoint_score_attribute=plan.metric,
@@ -215,3 +215,24 @@ def _restored_tune_config(tuner: tune.Tuner) -> tune.TuneConfig:
         raise RuntimeError(f"ray {ray.__version__}: cannot reach the restored Tuner's TuneConfig; "
                            "this project needs ray 2.60.0")
     return config
+
+
+def build_fixed_tuner(runset, fn=fixed_trial) -> tune.Tuner:
+    """Every run of a runner.RunSet at full budget: a grid over run ids, no searcher, no scheduler."""
+    tune_config = tune.TuneConfig(max_concurrent_trials=max_concurrent(runset), reuse_actors=True)
+    return tune.Tuner(_fixed_trainable(runset, fn), param_space={"run": tune.grid_search([r["id"] for r in runset.runs])},
+                      tune_config=tune_config, run_config=run_config(runset))
+
+
+def restore_fixed_tuner(runset, fn=fixed_trial) -> tune.Tuner:
+    if not tune.Tuner.can_restore(runset.experiment_path):
+        raise UserError(f"--resume: {runset.experiment_path} holds no Ray Tune experiment state to resume")
+    concurrency = max_concurrent(runset)
+    tuner = tune.Tuner.restore(runset.experiment_path, trainable=_fixed_trainable(runset, fn), resume_errored=True)
+    _restored_tune_config(tuner).max_concurrent_trials = concurrency
+    return tuner
+
+
+def _fixed_trainable(runset, fn):
+    trainable = tune.with_parameters(fn, runs=runset.configs(), metric=runset.metric)
+    return tune.with_resources(trainable, {"cpu": runset.cpus_per_trial, "gpu": runset.gpus_per_trial})

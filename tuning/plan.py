@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hyperiqa.config import TrainConfig, demo_config, parse_assignments
+from hyperiqa.config import TrainConfig, parse_assignments
 from hyperiqa.utils import UserError
+from tuning.options import absolute, base_config, check_dataset, check_name, for_ray, resources
 from tuning.space import SearchSpace, load_space, parse_space
 
 SEARCH_FILE = "hyperiqa_search.json"
-PATH_FIELDS = ("data_root", "split_file", "backbone_weights", "cache_dir")
 # The demo space halves an epoch (3 patches per image) so that ASHA can stop a trial after ~20 s of
 # work on a 2-core CPU. With a cosine schedule, 12 of them take timm's tiny test_resnet from random init
 # to val SRCC ~0.87 (8: ~0.84), see search_spaces/demo.yaml.
@@ -71,18 +70,10 @@ class Plan:
             raise UserError(f"{source}: not a search description written by tuning/search.py ({exc})") from None
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def absolute(path: str) -> str:
-    return path if is_uri(path) else str(Path(path).expanduser().resolve())
-
-
 def make_plan(args) -> Plan:
     """Validate the flags of a new search (args: the argparse namespace of tuning/search.py)."""
     space_file = load_space(args.space or ("demo" if args.dataset == "demo" else "default"))
-    base = _base_config(args)
+    base = base_config(args)
     if args.metric.startswith("test_") and "val_fraction" not in parse_assignments(args.set or []):
         # The paper's protocol picks the epoch on the test split and trains on everything else: a
         # validation split nobody selects on would only take training images away.
@@ -91,59 +82,23 @@ def make_plan(args) -> Plan:
     patience = base.patience if args.patience is None and base.patience else args.patience
     if patience is None:
         patience = max(3, max_epochs // 4)
-    gpus, gpus_per_trial, cpus_per_trial = _resources(args)
-    base = base.replace(
-        epochs=max_epochs, selection_metric=args.metric, patience=patience, seed=args.seed,
-        device="cuda" if gpus_per_trial else "cpu", num_threads=max(1, math.floor(cpus_per_trial)),
-        # A trial sharing a GPU must not take the whole card: cap its memory to its share.
-        gpu_memory_fraction=gpus_per_trial if 0 < gpus_per_trial < 1 else base.gpu_memory_fraction,
-        **{f: absolute(getattr(base, f)) for f in PATH_FIELDS if getattr(base, f)})
+    gpus, gpus_per_trial, cpus_per_trial = resources(args)
+    base = for_ray(base.replace(epochs=max_epochs, selection_metric=args.metric, patience=patience, seed=args.seed),
+                   gpus_per_trial, cpus_per_trial)
     for i, point in enumerate(space_file.start):
         space_file.config_for(base, point, source=f"{space_file.source}: start[{i}] with the base configuration")
     space_file.config_for(base, {}, source=f"{space_file.source}: fixed values with the base configuration")
     grace = args.grace_period or max(1, max_epochs // 8)
     _check_schedule(max_epochs, grace, args.reduction_factor, args.num_samples)
-    _check_dataset(base)  # last: for the demo this generates the images
-    name = args.name or f"{base.dataset}-{Path(space_file.source).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if "/" in name or name.startswith("."):
-        raise UserError(f"--name {name!r}: a plain folder name is expected (no '/', not starting with '.')")
+    check_dataset(base)  # last: for the demo this generates the images
+    name = check_name(args.name or f"{base.dataset}-{Path(space_file.source).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     storage = absolute(args.storage_path)
     export_dir = absolute(args.export_dir or str(Path("exports") / name))
     num_samples = args.num_samples or (8 if base.dataset == "demo" else 32)
     raw_space = _raw_space(space_file)
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise UserError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
     return Plan(base.to_dict(), raw_space, space_file.source, args.metric, args.searcher, args.seed, num_samples,
                 max_epochs, grace, args.reduction_factor, gpus, gpus_per_trial, cpus_per_trial, storage, name,
                 export_dir, args.max_concurrent)
-
-
-def _base_config(args) -> TrainConfig:
-    """demo_config() for the demo dataset (CPU-sized), the paper defaults otherwise; then --set."""
-    if args.dataset == "demo":
-        base = demo_config(**({"data_root": args.data_root} if args.data_root else {}))
-    else:
-        if not args.data_root:
-            raise UserError(f"--dataset {args.dataset}: --data-root (the dataset folder) is required")
-        base = TrainConfig.from_dict({"dataset": args.dataset, "data_root": args.data_root}, source="--dataset")
-    return base.with_overrides(args.set or [], source="--set")
-
-
-def _resources(args) -> tuple[float, float, float]:
-    gpus = args.gpus
-    if gpus < 0:
-        raise UserError(f"--gpus {gpus:g}: must be >= 0 (0 = CPU only)")
-    per_trial = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if gpus else 0.0)
-    if gpus == 0 and per_trial:
-        raise UserError(f"--gpus-per-trial {per_trial:g} needs --gpus N (GPUs in total; 0 means CPU only)")
-    if gpus and not 0 < per_trial <= gpus:
-        raise UserError(f"--gpus-per-trial {per_trial:g}: must be > 0 and <= --gpus {gpus:g}")
-    if per_trial > 1:
-        raise UserError(f"--gpus-per-trial {per_trial:g}: a trial trains on one GPU (no data parallelism), so "
-                        "more would be reserved and left idle; use 1, or a fraction such as 0.5 to share a GPU")
-    if args.cpus_per_trial <= 0:
-        raise UserError(f"--cpus-per-trial {args.cpus_per_trial:g}: must be > 0")
-    return float(gpus), float(per_trial), float(args.cpus_per_trial)
 
 
 def _check_schedule(max_epochs: int, grace: int, factor: float, num_samples: int | None) -> None:
@@ -153,19 +108,6 @@ def _check_schedule(max_epochs: int, grace: int, factor: float, num_samples: int
         raise UserError(f"--reduction-factor {factor:g}: must be > 1 (2 keeps the better half at each rung)")
     if num_samples is not None and num_samples < 1:
         raise UserError(f"--num-samples {num_samples}: must be >= 1")
-
-
-def _check_dataset(cfg: TrainConfig) -> None:
-    """Read the dataset (every image must exist) and make its split once, before any trial starts."""
-    from hyperiqa.data.datasets import dataset_from_config
-    from hyperiqa.data.splits import make_split
-
-    spec = dataset_from_config(cfg)
-    split = make_split(spec, cfg)
-    name = cfg.selection_metric.split("_")[0]
-    if len(getattr(split, name)) == 0:
-        raise UserError(f"--metric {cfg.selection_metric}: the split has no {name} images; "
-                        f"raise {name}_fraction with --set {name}_fraction=0.2 or use the official split")
 
 
 def _raw_space(space: SearchSpace) -> dict[str, Any]:

@@ -21,29 +21,18 @@ import time
 
 from hyperiqa.config import SELECTION_METRICS
 from hyperiqa.utils import UserError, run_cli
-from tuning.plan import SEARCH_FILE, absolute, describe_defaults, is_uri, make_plan
+from tuning.options import absolute, add_cluster_flags, add_data_flags, add_resource_flags, is_uri
+from tuning.plan import SEARCH_FILE, describe_defaults, make_plan
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = describe_defaults()
     p = argparse.ArgumentParser(prog="python tuning/search.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    r = p.add_argument_group("resources")
-    r.add_argument("--gpus", type=float, default=0, metavar="N", help="GPUs to use in total; 0 = CPU (default 0)")
-    r.add_argument("--gpus-per-trial", type=float, metavar="G",
-                   help="GPUs per trial, at most 1; fractions share a GPU and cap each trial's GPU memory to its "
-                        "share (default 1 with --gpus, else 0)")
-    r.add_argument("--max-concurrent", type=int, metavar="N",
-                   help="at most N trials at once (default: as many as --gpus and the cluster's CPUs allow)")
-    r.add_argument("--cpus-per-trial", type=float, default=1, metavar="C",
-                   help="CPUs per trial, also its torch threads (default 1)")
-    s = p.add_argument_group("what to search")
-    s.add_argument("--dataset", default="demo", help="dataset reader: koniq10k, livec, bid, live, csiq, tid2013, "
-                                                     "kadid10k, spaq, csv, demo (default demo)")
-    s.add_argument("--data-root", metavar="DIR", help="dataset folder (not needed for the demo)")
+    add_resource_flags(p)
+    s = add_data_flags(p, "what to search", "fixed TrainConfig setting for every trial, e.g. --set batch_size=64 "
+                                            "(repeatable)")
     s.add_argument("--space", help=f"a name under search_spaces/ or a YAML path (default: {d['space']})")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="fixed TrainConfig setting for every trial, e.g. --set batch_size=64 (repeatable)")
     s.add_argument("--metric", default="val_srcc", choices=SELECTION_METRICS,
                    help="what ASHA, Optuna and the export maximise (default val_srcc; test_srcc reproduces "
                         "the paper's protocol, which selects on the test split and trains on the rest: "
@@ -62,18 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optuna = TPE; random = random sampling (both start with the space's start points)")
     b.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial (default 0)")
     o = p.add_argument_group("experiment, cluster and output")
-    o.add_argument("--storage-path", default="ray_results", metavar="PATH",
-                   help="where trials and checkpoints go: a folder, NFS, or s3://... (default ./ray_results); "
-                        "multi-node clusters need storage every node can reach")
+    add_cluster_flags(o)
     o.add_argument("--name", help="experiment name (default <dataset>-<space>-<time>); with --resume: which one")
     o.add_argument("--resume", action="store_true",
                    help="continue the experiment --name (default: the newest under --storage-path); finished "
                         "trials are kept, unfinished ones continue from their checkpoints")
-    o.add_argument("--address", help="join a running Ray cluster (auto, or HOST:PORT of `ray start --head`)")
-    o.add_argument("--dashboard-host", help="interface of the Ray dashboard started here (default 127.0.0.1; "
-                   "anything else prints a warning; ignored with --address)")
-    o.add_argument("--dashboard-port", type=int, metavar="PORT",
-                   help="dashboard port (default 8265 or the next free; ignored with --address)")
     o.add_argument("--export-dir", metavar="DIR", help="export folder (default exports/<name>)")
     return p
 

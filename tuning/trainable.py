@@ -32,7 +32,19 @@ LOG_NAME = "train.log"
 
 
 def train_trial(config: dict[str, Any], *, base: dict, space: SearchSpace, metric: str) -> None:
-    """One trial: build the configuration, resume from Ray's checkpoint if any, run the epochs."""
+    """A search trial: the base configuration with the space's fixed and sampled values."""
+    run_trial(lambda: space.config_for(TrainConfig.from_dict(base), config, source="sampled configuration"),
+              f"sampled {config}", metric)
+
+
+def fixed_trial(config: dict[str, Any], *, runs: dict[str, dict], metric: str) -> None:
+    """A run of a fixed configuration (ablate.py, confirm.py): config["run"] names it in `runs`."""
+    run_id = config["run"]
+    run_trial(lambda: TrainConfig.from_dict(runs[run_id], source=f"run {run_id}"), f"run {run_id}", metric)
+
+
+def run_trial(make_config: Callable[[], TrainConfig], what: str, metric: str) -> None:
+    """Build the configuration, resume from Ray's checkpoint if any, run and report the epochs."""
     from hyperiqa.solver import Solver  # heavy (torch, timm): imported in the worker only
     from hyperiqa.train import epoch_line
 
@@ -40,9 +52,9 @@ def train_trial(config: dict[str, Any], *, base: dict, space: SearchSpace, metri
     # launch.run_config), uploads that folder to the trial's storage with every checkpoint.
     log = TrialLog(Path.cwd() / LOG_NAME)
     node = _node()
-    log(f"node {node}; sampled {config}")
+    log(f"node {node}; {what}")
     try:
-        cfg = space.config_for(TrainConfig.from_dict(base), config, source="sampled configuration")
+        cfg = make_config()
         solver = Solver(cfg, log=log)
     except (UserError, ConfigError) as exc:
         # Missing data or cache on this node, or a configuration the backbone refuses: a retry on the

@@ -1,0 +1,117 @@
+"""Flags and checks shared by the Ray CLIs (search.py, ablate.py, confirm.py); no Ray imports here.
+
+Each CLI adds its own flags; these groups mean the same thing in all of them, and the checks run
+before Ray starts, so a mistake is one line naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from hyperiqa.config import TrainConfig, demo_config
+from hyperiqa.utils import UserError
+
+PATH_FIELDS = ("data_root", "split_file", "backbone_weights", "cache_dir")
+DATASETS_HELP = "koniq10k, livec, bid, live, csiq, tid2013, kadid10k, spaq, csv, demo"
+
+
+def add_resource_flags(p: argparse.ArgumentParser, unit: str = "trial") -> None:
+    r = p.add_argument_group("resources")
+    r.add_argument("--gpus", type=float, default=0, metavar="N", help="GPUs to use in total; 0 = CPU (default 0)")
+    r.add_argument(f"--gpus-per-{unit}", dest="gpus_per_trial", type=float, metavar="G",
+                   help=f"GPUs per {unit}, at most 1; fractions share a GPU and cap each {unit}'s GPU memory to its "
+                        "share (default 1 with --gpus, else 0)")
+    r.add_argument("--max-concurrent", type=int, metavar="N",
+                   help=f"at most N {unit}s at once (default: as many as --gpus and the cluster's CPUs allow)")
+    r.add_argument(f"--cpus-per-{unit}", dest="cpus_per_trial", type=float, default=1, metavar="C",
+                   help=f"CPUs per {unit}, also its torch threads (default 1)")
+
+
+def add_data_flags(p: argparse.ArgumentParser, title: str, set_help: str) -> argparse._ArgumentGroup:
+    g = p.add_argument_group(title)
+    g.add_argument("--dataset", default="demo", help=f"dataset reader: {DATASETS_HELP} (default demo)")
+    g.add_argument("--data-root", metavar="DIR", help="dataset folder (not needed for the demo)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    return g
+
+
+def add_cluster_flags(g: argparse._ArgumentGroup, default_storage: str = "ray_results") -> None:
+    g.add_argument("--storage-path", default=default_storage, metavar="PATH",
+                   help=f"where trials and checkpoints go: a folder, NFS, or s3://... (default ./{default_storage}); "
+                        "multi-node clusters need storage every node can reach")
+    g.add_argument("--address", help="join a running Ray cluster (auto, or HOST:PORT of `ray start --head`)")
+    g.add_argument("--dashboard-host", help="interface of the Ray dashboard started here (default 127.0.0.1; "
+                   "anything else prints a warning; ignored with --address)")
+    g.add_argument("--dashboard-port", type=int, metavar="PORT",
+                   help="dashboard port (default 8265 or the next free; ignored with --address)")
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def absolute(path: str) -> str:
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
+
+
+def check_name(name: str) -> str:
+    if "/" in name or name.startswith("."):
+        raise UserError(f"--name {name!r}: a plain folder name is expected (no '/', not starting with '.')")
+    return name
+
+
+def base_config(args) -> TrainConfig:
+    """demo_config() for the demo dataset (CPU-sized), the paper defaults otherwise; then --set."""
+    if args.dataset == "demo":
+        base = demo_config(**({"data_root": args.data_root} if args.data_root else {}))
+    else:
+        if not args.data_root:
+            raise UserError(f"--dataset {args.dataset}: --data-root (the dataset folder) is required")
+        base = TrainConfig.from_dict({"dataset": args.dataset, "data_root": args.data_root}, source="--dataset")
+    return base.with_overrides(args.set or [], source="--set")
+
+
+def resources(args, unit: str = "trial") -> tuple[float, float, float]:
+    """(--gpus, GPUs per trial, CPUs per trial), checked."""
+    gpus = args.gpus
+    if gpus < 0:
+        raise UserError(f"--gpus {gpus:g}: must be >= 0 (0 = CPU only)")
+    flag = f"--gpus-per-{unit}"
+    per_trial = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if gpus else 0.0)
+    if gpus == 0 and per_trial:
+        raise UserError(f"{flag} {per_trial:g} needs --gpus N (GPUs in total; 0 means CPU only)")
+    if gpus and not 0 < per_trial <= gpus:
+        raise UserError(f"{flag} {per_trial:g}: must be > 0 and <= --gpus {gpus:g}")
+    if per_trial > 1:
+        raise UserError(f"{flag} {per_trial:g}: a {unit} trains on one GPU (no data parallelism), so "
+                        "more would be reserved and left idle; use 1, or a fraction such as 0.5 to share a GPU")
+    if args.cpus_per_trial <= 0:
+        raise UserError(f"--cpus-per-{unit} {args.cpus_per_trial:g}: must be > 0")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UserError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
+    return float(gpus), float(per_trial), float(args.cpus_per_trial)
+
+
+def for_ray(cfg: TrainConfig, gpus_per_trial: float, cpus_per_trial: float) -> TrainConfig:
+    """The config as a Ray trial runs it: its device, threads and GPU share; every path absolute
+    (trials do not run in the launch folder)."""
+    return cfg.replace(
+        device="cuda" if gpus_per_trial else "cpu", num_threads=max(1, math.floor(cpus_per_trial)),
+        # A trial sharing a GPU must not take the whole card: cap its memory to its share.
+        gpu_memory_fraction=gpus_per_trial if 0 < gpus_per_trial < 1 else cfg.gpu_memory_fraction,
+        **{f: absolute(getattr(cfg, f)) for f in PATH_FIELDS if getattr(cfg, f)})
+
+
+def check_dataset(cfg: TrainConfig) -> None:
+    """Read the dataset (every image must exist) and make its split once, before any trial starts."""
+    from hyperiqa.data.datasets import dataset_from_config
+    from hyperiqa.data.splits import make_split
+
+    spec = dataset_from_config(cfg)
+    split = make_split(spec, cfg)
+    name = cfg.selection_metric.split("_")[0]
+    if len(getattr(split, name)) == 0:
+        raise UserError(f"--metric {cfg.selection_metric}: the split has no {name} images; "
+                        f"raise {name}_fraction with --set {name}_fraction=0.2 or use the official split")

@@ -1,0 +1,142 @@
+"""Full-budget Ray runs of fixed configurations (ablate.py, confirm.py): no searcher, no ASHA.
+
+A RunSet is a list of complete TrainConfigs, each with an id and labels (variant, seed, split...). The
+runs go to Ray as one grid over their ids, through the search's own launch code (resources, per-node
+checks, storage, logs, retries, resume); each reports every epoch, and `collect` returns their curves.
+The RunSet is saved beside the experiment (RUNS_FILE) so --resume and re-summarising need only the path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hyperiqa.config import TrainConfig
+from hyperiqa.utils import UserError, atomic_write_text
+from tuning.options import absolute, check_dataset, check_name, for_ray, is_uri
+
+RUNS_FILE = "hyperiqa_runs.json"
+
+
+@dataclass(frozen=True)
+class RunSet:
+    kind: str                 # "ablate" or "confirm": which CLI wrote it
+    runs: tuple[dict, ...]    # {"id": str, "labels": {...}, "config": TrainConfig.to_dict()}
+    metric: str               # the selection metric every run reports (checkpoints are ranked by it)
+    gpus: float
+    gpus_per_trial: float
+    cpus_per_trial: float
+    storage_path: str
+    name: str
+    out_dir: str
+    max_concurrent: int | None = None
+    settings: dict = dataclasses.field(default_factory=dict)  # the CLI's own choices, for its summary
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.runs)
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    def configs(self) -> dict[str, dict]:
+        return {r["id"]: r["config"] for r in self.runs}
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str) -> RunSet:
+        try:
+            data = json.loads(text)
+            data["runs"] = tuple(data["runs"])
+            return cls(**data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise UserError(f"{source}: not a run description written by tuning/ablate.py or confirm.py ({exc})") from None
+
+
+def make_runset(kind: str, runs: list[tuple[str, dict, TrainConfig]], args, *, metric: str, default_name: str,
+                settings: dict | None = None) -> RunSet:
+    """Check every configuration for Ray (device, threads, GPU share, absolute paths) and its dataset."""
+    from tuning.options import resources
+
+    gpus, per_trial, cpus = resources(args, unit="run")
+    ids = [run_id for run_id, _, _ in runs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"run ids must be unique: {ids}")
+    checked: set[str] = set()
+    out = []
+    for run_id, labels, cfg in runs:
+        cfg = for_ray(cfg, per_trial, cpus)
+        key = json.dumps({k: cfg.to_dict()[k] for k in ("dataset", "data_root", "dataset_options", "split",
+                                                        "split_file", "split_seed", "seed", "val_fraction",
+                                                        "test_fraction", "selection_metric")}, sort_keys=True)
+        if key not in checked:  # each distinct split once (for the demo the first also generates the images)
+            check_dataset(cfg)
+            checked.add(key)
+        out.append({"id": run_id, "labels": labels, "config": cfg.to_dict()})
+    name = check_name(args.name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    storage = absolute(args.storage_path)
+    out_dir = absolute(args.out or str(Path(f"{kind}_results") / name))
+    return RunSet(kind, tuple(out), metric, gpus, per_trial, cpus, storage, name, out_dir, args.max_concurrent,
+                  settings or {})
+
+
+def save_runset(runset: RunSet) -> None:
+    if is_uri(runset.experiment_path):
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(runset.experiment_path)
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path}/{RUNS_FILE}") as fh:
+            fh.write(runset.to_json().encode())
+    else:
+        atomic_write_text(Path(runset.experiment_path) / RUNS_FILE, runset.to_json())
+
+
+def load_runset(experiment_path: str) -> RunSet:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path) if is_uri(experiment_path) else \
+        (pyarrow.fs.LocalFileSystem(), experiment_path)
+    try:
+        with fs.open_input_stream(f"{path.rstrip('/')}/{RUNS_FILE}") as fh:
+            text = fh.readall().decode()
+    except (FileNotFoundError, OSError):
+        raise UserError(f"{experiment_path}: no {RUNS_FILE}; not a folder written by tuning/ablate.py or "
+                        "confirm.py (give storage-path/name)") from None
+    return RunSet.from_json(text, source=f"{experiment_path}/{RUNS_FILE}")
+
+
+def execute(runset: RunSet, *, resume: bool = False, fn=None) -> dict[str, list[dict]]:
+    """Run (or continue) every run on the Ray cluster already started; return collect()'s curves."""
+    from tuning import launch
+
+    kwargs = {"fn": fn} if fn else {}
+    if resume:
+        tuner = launch.restore_fixed_tuner(runset, **kwargs)
+    else:
+        tuner = launch.build_fixed_tuner(runset, **kwargs)
+        save_runset(runset)
+    print(f"experiment: {runset.experiment_path} ({len(runset.runs)} runs at full budget)", flush=True)
+    tuner.fit()
+    return collect(runset)
+
+
+def collect(runset: RunSet) -> dict[str, list[dict]]:
+    """{run id: its reported epochs in epoch order (the last report of an epoch counts)}; [] if none."""
+    from ray import tune
+
+    analysis = tune.ExperimentAnalysis(runset.experiment_path, default_metric=runset.metric, default_mode="max")
+    out: dict[str, list[dict]] = {r["id"]: [] for r in runset.runs}
+    for trial in analysis.trials:
+        frame = analysis.trial_dataframes.get(trial.trial_id)
+        run_id = (trial.config or {}).get("run")
+        if run_id in out and frame is not None and len(frame):
+            by_epoch = {int(r["epoch"]): r for r in frame.to_dict("records") if r.get("epoch", 0) >= 1}
+            out[run_id] = [by_epoch[e] for e in sorted(by_epoch)]
+    return out
