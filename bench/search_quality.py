@@ -172,7 +172,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 def markdown(rows: list[dict], agg: list[dict], rungs: dict[int, list[dict]], settings: dict) -> str:
     lines = [f"Demo searches, {settings['num_samples']} trials each, up to {settings['max_epochs']} epochs; "
-             f"ASHA flags: `{settings['asha_flags'] or '(defaults)'}`; {settings['note']}", "",
+             f"ASHA flags: `{settings['asha_flags'] or '(defaults)'}`; {settings['note']}"
+             + (f"; random_full rows from {settings['full_from']}" if settings["full_from"] else ""), "",
              "| method | seed | best val SRCC | its test SRCC | epochs | to within 0.01 | ratio | best is a start point | wall (min) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -212,6 +213,8 @@ def quick_space(out: Path) -> Path:
 
 def run_search(args, method: str, seed: int, out: Path, space: Path | None) -> tuple[Path, Path, float]:
     name = f"{method}-s{seed}"
+    if method == "random_full" and args.full_from:  # ASHA flags do not change it: reuse an earlier run's
+        out = Path(args.full_from).resolve()
     experiment, export = out / "ray" / name, out / "exports" / name
     if (export / "metrics.json").is_file():  # kept from an earlier, interrupted bench run
         return experiment, export, json.loads((out / "walls.json").read_text()).get(name, math.nan)
@@ -245,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-epochs", type=int, help=f"epochs of a trial never stopped (default {DEMO_MAX_EPOCHS}; --quick 3)")
     p.add_argument("--asha-flags", default="", help="extra search.py flags for the two ASHA methods, e.g. "
                                                     "'--grace-period 3' (random_full keeps its own)")
+    p.add_argument("--full-from", metavar="DIR", help="take random_full from an earlier --out of the same demo space "
+                                                       "and epochs (it has no ASHA rungs, so --asha-flags and ASHA "
+                                                       "defaults do not change it)")
     p.add_argument("--quick", action="store_true", help="1 patch per image, 4 trials of 3 epochs: checks the pipeline")
     p.add_argument("--note", default="", help="a line saying how the machine was loaded, for the table")
     p.add_argument("--out", default="search_quality", help="folder for the searches, search_quality.json and .md")
@@ -270,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(full)
     rows.sort(key=lambda r: (METHODS.index(r["method"]), r["seed"]))
     settings = {"num_samples": args.num_samples, "max_epochs": args.max_epochs, "asha_flags": args.asha_flags,
-                "quick": args.quick, "seeds": seeds, "within": WITHIN, "note": args.note or "machine load not stated"}
+                "quick": args.quick, "seeds": seeds, "within": WITHIN, "note": args.note or "machine load not stated",
+                "full_from": args.full_from}
     agg = aggregate(rows)
     result = {"settings": settings, "runs": rows, "aggregate": agg, "rung_agreement": rungs}
     (out / "search_quality.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -21,6 +21,7 @@ import time
 
 from hyperiqa.config import SELECTION_METRICS
 from hyperiqa.utils import UserError, run_cli
+from tuning import confirm
 from tuning.options import absolute, add_cluster_flags, add_data_flags, add_resource_flags, is_uri
 from tuning.plan import SEARCH_FILE, describe_defaults, make_plan
 
@@ -57,12 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the experiment --name (default: the newest under --storage-path); finished "
                         "trials are kept, unfinished ones continue from their checkpoints")
     o.add_argument("--export-dir", metavar="DIR", help="export folder (default exports/<name>)")
+    confirm.add_search_flags(p)
     return p
 
 
 def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
     """The CLI; `trial_fn` replaces the training function of every trial (tests only)."""
     args = build_parser().parse_args(argv)
+    confirm.check_search_flags(args)
     plan = resume_plan(args) if args.resume else new_plan(args)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     from tuning import launch
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
     minutes = (time.monotonic() - start) / 60
     result = export_experiment(plan.experiment_path, plan.export_dir, log=lambda *_: None)
     _print_summary(plan, result, minutes)
+    if args.confirm:
+        confirm.after_search(args, plan, result)
     return 0
 
 
