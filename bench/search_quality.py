@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shlex
 import subprocess
@@ -228,7 +229,9 @@ def run_search(args, method: str, seed: int, out: Path, space: Path | None) -> t
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {shlex.join(argv[1:])}", flush=True)
     start = time.monotonic()
     with open(out / "logs" / f"{name}.log", "w") as log:
-        code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode
+        # A Ray of its own: without an address, ray.init() joins the cluster /tmp/ray/ray_current_cluster names.
+        env = {**os.environ, "RAY_ADDRESS": "local"}
+        code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env).returncode
     wall = time.monotonic() - start
     if code != 0:
         raise SystemExit(f"{name} failed (exit {code}); see {out / 'logs' / (name + '.log')}")
@@ -307,7 +310,7 @@ def _mean(values: list) -> float:
 
 
 def _round(value, digits: int = 4):
-    return round(value, digits) if _finite(value) else None
+    return round(float(value), digits) if _finite(value) else None
 
 
 if __name__ == "__main__":
