@@ -64,6 +64,13 @@ def asha_rungs(grace: int, factor: float, max_epochs: int) -> list[int]:
     return rungs
 
 
+def plan_rungs(experiment: Path) -> list[int]:
+    from tuning.export import load_plan
+
+    plan = load_plan(str(experiment))
+    return asha_rungs(plan.grace_period, plan.reduction_factor, plan.max_epochs)
+
+
 # --- what a finished search did ---------------------------------------------------------------
 
 def load_trials(experiment: Path) -> list[dict]:
@@ -264,19 +271,16 @@ def main(argv: list[str] | None = None) -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     space = quick_space(out) if args.quick else None
     seeds = [int(s) for s in args.seeds.split(",")]
-    grace_default = max(1, args.max_epochs // 8)
-    flags = shlex.split(args.asha_flags)
-    grace = int(flags[flags.index("--grace-period") + 1]) if "--grace-period" in flags else grace_default
-    factor = float(flags[flags.index("--reduction-factor") + 1]) if "--reduction-factor" in flags else 2.0
     rows, rungs = [], {}
     for seed in seeds:
-        exp, export, wall = run_search(args, "random_full", seed, out, space)
-        full = summarise("random_full", seed, exp, export, None, wall)
-        rungs[seed] = rung_agreement(load_trials(exp), asha_rungs(grace, factor, args.max_epochs))
+        full_exp, export, wall = run_search(args, "random_full", seed, out, space)
+        full = summarise("random_full", seed, full_exp, export, None, wall)
         for method in ("asha_tpe", "asha_random"):
             exp, export, wall = run_search(args, method, seed, out, space)
             rows.append(summarise(method, seed, exp, export, full, wall))
         rows.append(full)
+        # the rungs the ASHA searches had (their saved plan), ranked on the full-budget curves
+        rungs[seed] = rung_agreement(load_trials(full_exp), plan_rungs(exp))
     rows.sort(key=lambda r: (METHODS.index(r["method"]), r["seed"]))
     settings = {"num_samples": args.num_samples, "max_epochs": args.max_epochs, "asha_flags": args.asha_flags,
                 "quick": args.quick, "seeds": seeds, "within": WITHIN, "note": args.note or "machine load not stated",
