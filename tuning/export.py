@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from hyperiqa.checkpoint import CONFIG
 from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text, run_cli
 from tuning import report
-from tuning.options import absolute
+from tuning.options import absolute, read_experiment_file, write_experiment_file
 from tuning.plan import SEARCH_FILE, Plan
 
 
@@ -47,29 +47,15 @@ class ExportResult:
 
 
 def load_plan(experiment_path: str) -> Plan:
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path else \
-        (pyarrow.fs.LocalFileSystem(), experiment_path)
-    try:
-        with fs.open_input_stream(f"{path.rstrip('/')}/{SEARCH_FILE}") as fh:
-            text = fh.readall().decode()
-    except (FileNotFoundError, OSError):
+    text = read_experiment_file(experiment_path, SEARCH_FILE)
+    if text is None:
         raise UserError(f"{experiment_path}: no {SEARCH_FILE}; not an experiment folder written by "
-                        "tuning/search.py (give storage-path/name)") from None
+                        "tuning/search.py (give storage-path/name)")
     return Plan.from_json(text, source=f"{experiment_path}/{SEARCH_FILE}")
 
 
 def save_plan(plan: Plan) -> None:
-    import pyarrow.fs
-
-    if "://" in plan.experiment_path:
-        fs, path = pyarrow.fs.FileSystem.from_uri(plan.experiment_path)
-        fs.create_dir(path, recursive=True)
-        with fs.open_output_stream(f"{path}/{SEARCH_FILE}") as fh:
-            fh.write(plan.to_json().encode())
-    else:
-        atomic_write_text(Path(plan.experiment_path) / SEARCH_FILE, plan.to_json())
+    write_experiment_file(plan.experiment_path, SEARCH_FILE, plan.to_json())
 
 
 def export_experiment(experiment_path: str, out_dir: str | None = None, *, log=print) -> ExportResult:
