@@ -11,9 +11,10 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from hyperiqa.utils import UserError
-from tuning import report
+from tuning import report, tracking
 from tuning.plan import Plan
 from tuning.schedulers import BestValueOptunaSearch, ResumableASHA
 from tuning.trainable import FAILED, fixed_trial, train_trial
@@ -140,8 +141,15 @@ def make_searcher(plan: Plan) -> BestValueOptunaSearch:
     else:  # TPE, after a few random trials (fewer than optuna's 10 so that small searches still use TPE)
         sampler = optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=min(10, max(3, plan.num_samples // 3)))
     space = plan.search_space
+    # --optuna-storage: the study lives in that database under the experiment's name (optuna-dashboard
+    # shows it while the search runs); otherwise in memory, pickled with the experiment's searcher state.
+    storage = optuna.storages.RDBStorage(plan.optuna_storage) if plan.optuna_storage else None
+    # Start points are enqueued in the study up front: those beyond --num-samples would never run and
+    # would stay WAITING in a stored study.
+    start = [dict(p) for p in space.start[:plan.num_samples]]
     return BestValueOptunaSearch(space=space, metric=plan.metric, mode="max", sampler=sampler,
-                                 points_to_evaluate=[dict(p) for p in space.start] or None)
+                                 points_to_evaluate=start or None,
+                                 storage=storage, study_name=plan.name if storage else None)
 
 
 def make_scheduler(plan: Plan) -> ResumableASHA:
@@ -157,8 +165,52 @@ class FailedTrialReporter(tune.Callback):
             print(f"trial {trial.trial_id} failed and is not retried: {result.get('message')}", flush=True)
 
 
+def tracking_callbacks(plan) -> list:
+    """Ray Tune's logger callbacks for --log-to (a runner.RunSet has none). TensorBoard event files are
+    written by Ray's default TBXLoggerCallback anyway; naming it here only makes it explicit."""
+    tools = getattr(plan, "log_to", None) or []
+    callbacks: list = []
+    if "tensorboard" in tools:
+        from ray.tune.logger import TBXLoggerCallback
+
+        callbacks.append(TBXLoggerCallback())
+    if "mlflow" in tools:
+        callbacks.append(MLflowTrialRuns(tracking_uri=plan.mlflow_uri, experiment_name=plan.name))
+    if "wandb" in tools:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        # resume="allow": a trial continued by --resume logs on to its own run (id = the trial id).
+        # WANDB_MODE is passed on because the logging actors may start under another environment
+        # (a cluster's raylet started by `ray start`).
+        extra = {"mode": os.environ["WANDB_MODE"]} if os.environ.get("WANDB_MODE") else {}
+        callbacks.append(WandbLoggerCallback(project=plan.wandb_project, group=plan.name, resume="allow",
+                                             dir=tracking.wandb_dir(plan), **extra))
+    return callbacks
+
+
+class MLflowTrialRuns(MLflowLoggerCallback):
+    """Ray's MLflow logger, with the trial id as a run tag (tuning.tracking tags the export's best run by
+    it) and one run per trial across --resume: Ray's callback would open a second run for a resumed trial."""
+
+    def log_trial_start(self, trial) -> None:
+        if trial not in self._trial_runs:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            found = client.search_runs([self.mlflow_util.experiment_id],
+                                       filter_string=f"tags.`{tracking.TRIAL_TAG}` = '{trial.trial_id}'", max_results=1)
+            if found:
+                run_id = found[0].info.run_id
+                client.update_run(run_id, status="RUNNING")
+            else:
+                tags = {**self.tags, "trial_name": str(trial), tracking.TRIAL_TAG: trial.trial_id}
+                run_id = self.mlflow_util.start_run(tags=tags, run_name=str(trial)).info.run_id
+            self._trial_runs[trial] = run_id
+        super().log_trial_start(trial)  # logs the trial's parameters
+
+
 def run_config(plan) -> tune.RunConfig:
-    """Storage, checkpoint ranking, log upload and retries, for a Plan or a runner.RunSet."""
+    """Storage, checkpoint ranking, log upload, retries and --log-to callbacks, for a Plan or a runner.RunSet."""
     return tune.RunConfig(
         name=plan.name, storage_path=plan.storage_path, verbose=1,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS, checkpoint_score_attribute=plan.metric,
@@ -166,7 +218,7 @@ def run_config(plan) -> tune.RunConfig:
         # Upload each trial's working directory (its train.log) with every checkpoint: it lives on the
         # trial's node, which on a cluster is not the driver's.
         sync_config=tune.SyncConfig(sync_artifacts=True),
-        failure_config=tune.FailureConfig(max_failures=2), callbacks=[FailedTrialReporter()])
+        failure_config=tune.FailureConfig(max_failures=2), callbacks=[FailedTrialReporter(), *tracking_callbacks(plan)])
 
 
 def build_tuner(plan: Plan, fn=train_trial) -> tune.Tuner:

@@ -21,6 +21,7 @@ import time
 
 from hyperiqa.config import SELECTION_METRICS
 from hyperiqa.utils import UserError, run_cli
+from tuning import crosseval, tracking
 from tuning.options import absolute, add_cluster_flags, add_data_flags, add_resource_flags, is_uri
 from tuning.plan import SEARCH_FILE, describe_defaults, make_plan
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the experiment --name (default: the newest under --storage-path); finished "
                         "trials are kept, unfinished ones continue from their checkpoints")
     o.add_argument("--export-dir", metavar="DIR", help="export folder (default exports/<name>)")
+    tracking.add_flags(p)
     return p
 
 
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
     from tuning import launch
     from tuning.export import export_experiment, save_plan
 
+    tracking.prepare(plan, resume=args.resume)  # packages and stores checked before Ray starts
     launch.start_ray(args.address, args.dashboard_host, args.dashboard_port)
     fn = {"fn": trial_fn} if trial_fn else {}
     if args.resume:
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
     minutes = (time.monotonic() - start) / 60
     result = export_experiment(plan.experiment_path, plan.export_dir, log=lambda *_: None)
     _print_summary(plan, result, minutes)
+    if result.cross:
+        print("\n" + crosseval.text(result.cross))
     return 0
 
 
