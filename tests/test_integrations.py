@@ -49,6 +49,7 @@ def tracked(tiny_dataset, tiny_cache_dir, tid2013, kadid, tmp_path_factory):  # 
             "--wandb-project", "hyperiqa-test", "--optuna-storage", urls["optuna"],
             "--cross", f"tid2013={tid2013[0]}", "--cross", f"kadid10k={kadid[0]}"]
     proc = subprocess.run(argv, capture_output=True, text=True, env=offline_env(root), timeout=400)
+    (root / "search.log").write_text(proc.stdout + proc.stderr)  # for a failure in any of the tests below
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     experiment = root / "ray" / NAME
     with open(root / "export" / "trials.csv") as fh:

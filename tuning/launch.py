@@ -11,7 +11,6 @@ from pathlib import Path
 
 import ray
 from ray import tune
-from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from hyperiqa.utils import UserError
 from tuning import report, tracking
@@ -175,38 +174,19 @@ def tracking_callbacks(plan) -> list:
 
         callbacks.append(TBXLoggerCallback())
     if "mlflow" in tools:
+        from tuning.ray_callbacks import MLflowTrialRuns
+
         callbacks.append(MLflowTrialRuns(tracking_uri=plan.mlflow_uri, experiment_name=plan.name))
     if "wandb" in tools:
-        from ray.air.integrations.wandb import WandbLoggerCallback
+        from tuning.ray_callbacks import WandbTrialRuns
 
         # resume="allow": a trial continued by --resume logs on to its own run (id = the trial id).
         # WANDB_MODE is passed on because the logging actors may start under another environment
         # (a cluster's raylet started by `ray start`).
         extra = {"mode": os.environ["WANDB_MODE"]} if os.environ.get("WANDB_MODE") else {}
-        callbacks.append(WandbLoggerCallback(project=plan.wandb_project, group=plan.name, resume="allow",
-                                             dir=tracking.wandb_dir(plan), **extra))
+        callbacks.append(WandbTrialRuns(project=plan.wandb_project, group=plan.name, resume="allow",
+                                        dir=tracking.wandb_dir(plan), **extra))
     return callbacks
-
-
-class MLflowTrialRuns(MLflowLoggerCallback):
-    """Ray's MLflow logger, with the trial id as a run tag (tuning.tracking tags the export's best run by
-    it) and one run per trial across --resume: Ray's callback would open a second run for a resumed trial."""
-
-    def log_trial_start(self, trial) -> None:
-        if trial not in self._trial_runs:
-            from mlflow import MlflowClient
-
-            client = MlflowClient(tracking_uri=self.tracking_uri)
-            found = client.search_runs([self.mlflow_util.experiment_id],
-                                       filter_string=f"tags.`{tracking.TRIAL_TAG}` = '{trial.trial_id}'", max_results=1)
-            if found:
-                run_id = found[0].info.run_id
-                client.update_run(run_id, status="RUNNING")
-            else:
-                tags = {**self.tags, "trial_name": str(trial), tracking.TRIAL_TAG: trial.trial_id}
-                run_id = self.mlflow_util.start_run(tags=tags, run_name=str(trial)).info.run_id
-            self._trial_runs[trial] = run_id
-        super().log_trial_start(trial)  # logs the trial's parameters
 
 
 def run_config(plan) -> tune.RunConfig:

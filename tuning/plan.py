@@ -97,15 +97,15 @@ def make_plan(args) -> Plan:
     space_file.config_for(base, {}, source=f"{space_file.source}: fixed values with the base configuration")
     grace = args.grace_period or max(1, max_epochs // 8)
     _check_schedule(max_epochs, grace, args.reduction_factor, args.num_samples)
+    tracked = tracking.plan_fields(args)
+    cross_sets = crosseval.parse(args.cross)
+    crosseval.check(cross_sets, base.cache_dir)
     check_dataset(base)  # last: for the demo this generates the images
     name = check_name(args.name or f"{base.dataset}-{Path(space_file.source).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     storage = absolute(args.storage_path)
     export_dir = absolute(args.export_dir or str(Path("exports") / name))
     num_samples = args.num_samples or (8 if base.dataset == "demo" else 32)
     raw_space = _raw_space(space_file)
-    tracked = tracking.plan_fields(args)
-    cross_sets = crosseval.parse(args.cross)
-    crosseval.check(cross_sets, base.cache_dir)
     return Plan(base.to_dict(), raw_space, space_file.source, args.metric, args.searcher, args.seed, num_samples,
                 max_epochs, grace, args.reduction_factor, gpus, gpus_per_trial, cpus_per_trial, storage, name,
                 export_dir, args.max_concurrent, cross=cross_sets, **tracked)
