@@ -255,6 +255,17 @@ def test_a_restored_searcher_catches_up_with_its_database(tmp_path):
     assert study.trials[3].user_attrs["ray_trial_id"] == "d"
 
 
+def test_store_urls_are_made_absolute_before_ray_starts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert tracking.absolute_store_uri("sqlite:///exports/study.db", "--optuna-storage") == \
+        f"sqlite:///{tmp_path}/exports/study.db"
+    assert (tmp_path / "exports").is_dir()  # sqlite cannot create the folder itself
+    assert tracking.absolute_store_uri("sqlite:///a.db?timeout=30", "--mlflow-uri") == f"sqlite:///{tmp_path}/a.db?timeout=30"
+    assert tracking.absolute_store_uri("sqlite:////abs/b.db", "--mlflow-uri") == "sqlite:////abs/b.db"
+    assert tracking.absolute_store_uri("mlruns", "--mlflow-uri") == str(tmp_path / "mlruns")
+    assert tracking.absolute_store_uri("postgresql://u@h/db", "--optuna-storage") == "postgresql://u@h/db"
+
+
 @pytest.mark.parametrize("flags, words", [
     (["--log-to", "tensorboard,comet"], "--log-to comet: unknown tool; allowed: tensorboard, mlflow, wandb"),
     (["--mlflow-uri", "sqlite:///x.db"], "--mlflow-uri is used with --log-to mlflow"),
