@@ -1,6 +1,6 @@
 """Experiment tracking and dashboards: where a search's trials show up besides the export folder.
 
-    --log-to tensorboard,mlflow,wandb    Ray Tune's own logger callbacks (built in tuning/launch.py)
+    --log-to tensorboard,mlflow,wandb    Ray Tune's own logger callbacks (launch.tracking_callbacks)
     --optuna-storage URL                 the searcher's Optuna study in a database, for optuna-dashboard
     --cross NAME=ROOT                    (the flag only; tuning/crosseval.py scores the export on it)
 
