@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hyperiqa.config import LEGACY_DEFECTS
 from tuning import ablation_report as R
 from tuning import ablation_stats as S
 from tuning.ablation_summary import answer
@@ -55,7 +56,7 @@ def test_run_stats_peak_drop_and_test_at_val_best():
     assert stats.drop == pytest.approx(0.15) and stats.val_best_epoch == 3 and stats.test_at_val_best == 0.6
     # Ties go to the first epoch (the solver's best epoch); NaN (a diverged epoch) is never a peak.
     assert S.peak([1, 2, 3], [math.nan, 0.4, 0.4]) == (2, 0.4)
-    assert S.peak([1, 2], [math.nan, math.nan]) == (None, math.nan) or S.peak([1, 2], [math.nan] * 2)[0] is None
+    assert S.peak([1, 2], [math.nan] * 2)[0] is None
 
 
 def test_verdicts_paired_differences_and_no_effect_from_reported_lrs():
@@ -130,6 +131,24 @@ def test_no_symptom_is_said_plainly():
     runs, curves = synthetic({S.FIXED: [rising(0)] * 2, S.ALL: [rising(-0.1)] * 2})
     text = "\n".join(answer(S.summarize(runs, curves), runs[0]["config"]))
     assert "does not show the original's symptom" in text
+
+
+def test_variants_are_paired_and_the_budget_is_full(tiny_cfg):
+    from hyperiqa.utils import UserError
+    from tuning import ablate
+
+    runs = ablate.variant_runs(tiny_cfg(seed=5), 2, list(ablate.VARIANTS))
+    assert len(runs) == 16 and {labels["seed"] for _, labels, _ in runs} == {0, 1}
+    for k in (0, 1):
+        configs = [cfg.to_dict() for _, labels, cfg in runs if labels["seed"] == k]
+        assert {c["seed"] for c in configs} == {5 + k} and {c["split_seed"] for c in configs} == {None}
+        assert all({**c, "legacy": []} == {**configs[0], "legacy": []} for c in configs)  # only legacy differs
+    assert [cfg.legacy for _, labels, cfg in runs[:8]] == [[], *[[n] for n in LEGACY_DEFECTS], ["all"]]
+    args = ablate.build_parser().parse_args(["--set", "backbone_lr=1e-4"])
+    base = ablate.ablation_base(args)
+    assert (base.epochs, base.patience, base.backbone_lr, base.batch_size) == (6, 0, 1e-4, 16)
+    with pytest.raises(UserError, match="--set legacy"):
+        ablate.ablation_base(ablate.build_parser().parse_args(["--set", "legacy=[all]"]))
 
 
 # --- end to end -------------------------------------------------------------------------------------------

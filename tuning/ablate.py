@@ -36,8 +36,8 @@ VARIANTS = {FIXED: [], **{name: [name] for name in LEGACY_DEFECTS}, ALL: ["all"]
 #   optimizer_reset and head_frozen_after_epoch1 act where they act in a real run: between epochs, before
 #   and after each step. lr_ratio_reset acts from epoch 11 only, and 24 runs of 11 epochs do not fit:
 #   the summary reports it as having no effect, read from the LRs the runs reported.
-# - batch 16 (38 Adam steps per epoch): the switches act at epoch boundaries, so epoch 1 must train
-#   enough to matter, as it does on KonIQ (about 1,800 steps). At batch 32 the model had learned nothing
+# - batch 16 (39 Adam steps per epoch): the switches act at epoch boundaries, so epoch 1 must train
+#   enough to matter, as it does on KonIQ (about 2,000 steps). At batch 32 the model had learned nothing
 #   measurable after epoch 1 (val SRCC about 0).
 # - 6 epochs, not 8: 8 epochs of these runs (about 36 s of one core each, estimated) would leave too little
 #   margin under 10 minutes beside Ray's own processes; 6 points per curve still show a peak and a fall.

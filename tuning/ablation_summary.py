@@ -67,7 +67,7 @@ def describe(s: S.VariantStats, fixed: S.VariantStats | None) -> str:
         text += " (its final test SRCC is the same in every seed)"
     above = sum(d > S.MIN_DROP for d in s.values("drop"))
     if len(s.runs) > 1:
-        text += f"; {above} of {len(s.runs)} seeds drop by more than {S.MIN_DROP:g}"
+        text += f"; {above} of {len(s.runs)} seeds {'drops' if above == 1 else 'drop'} by more than {S.MIN_DROP:g}"
     text += {S.DECLINES: ". It declines after an early peak.", S.FALLS_LATE: ". It falls after a late peak.",
              S.NO_DECLINE: ". That is no decline."}.get(s.verdict, ".")
     if fixed is not None and s is not fixed:
@@ -82,11 +82,14 @@ def versus(s: S.VariantStats, fixed: S.VariantStats) -> str:
         if not diffs:
             continue
         mean, sd = S.mean_sd(diffs)
-        lower = sum(d < 0 for d in diffs)
+        spread = f" ± {sd:.3f}" if math.isfinite(sd) else ""
+        if round(mean, 3) == 0:
+            parts.append(f"its {what} is the same on average (0.000{spread}; higher in {sum(d > 0 for d in diffs)}, "
+                         f"lower in {sum(d < 0 for d in diffs)} of {len(diffs)} seeds)")
+            continue
         direction = "lower" if mean < 0 else "higher"
-        count = lower if mean < 0 else sum(d > 0 for d in diffs)
-        parts.append(f"its {what} is {abs(mean):.3f}{f' ± {sd:.3f}' if math.isfinite(sd) else ''} {direction} "
-                     f"({direction} in {count} of {len(diffs)} seeds)")
+        count = sum(d < 0 for d in diffs) if mean < 0 else sum(d > 0 for d in diffs)
+        parts.append(f"its {what} is {abs(mean):.3f}{spread} {direction} ({direction} in {count} of {len(diffs)} seeds)")
     return ("Against the fixed solver, paired by seed, " + " and ".join(parts) + ".") if parts else ""
 
 
@@ -134,7 +137,7 @@ def _switches(n: int) -> str:
 def _epochs(s: S.VariantStats) -> str:
     values = [e for e in s.values("peak_epoch") if e is not None]
     if len(set(values)) == 1:
-        return f"{values[0]}" + (f" in all {len(values)} seeds" if len(values) > 1 else "")
+        return f"{values[0]}" + {1: "", 2: " in both seeds"}.get(len(values), f" in all {len(values)} seeds")
     return f"{', '.join(map(str, values))} (per seed)"
 
 
