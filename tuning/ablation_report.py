@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from pathlib import Path
 
 from hyperiqa.utils import atomic_write_text
@@ -127,12 +128,11 @@ def plot(curves: list[S.RunCurve], stats: list[S.VariantStats], path: Path, *, t
         epochs = sorted({e for c in mine for e in c.epochs})
         for ax, (attr, _) in zip(axes, panels):
             grid = np.array([[_at(c, attr, e) for e in epochs] for c in mine])
-            finite = np.isfinite(grid)
-            if not finite.any():
+            if not np.isfinite(grid).any():
                 continue
-            with np.errstate(all="ignore"):
-                mean = np.nanmean(np.where(finite, grid, np.nan), axis=0)
-                low, high = np.nanmin(grid, axis=0), np.nanmax(grid, axis=0)
+            with np.errstate(all="ignore"), warnings.catch_warnings():  # an epoch no seed has: a gap in the line
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, low, high = np.nanmean(grid, axis=0), np.nanmin(grid, axis=0), np.nanmax(grid, axis=0)
             ax.plot(epochs, mean, color=color, lw=width, marker="o", ms=3,
                     ls=":" if s.no_effect else "-", label=s.variant + (" (no effect)" if s.no_effect else ""))
             if len(mine) > 1:

@@ -1,4 +1,4 @@
-"""What an ablation over the original's defects shows: per-run numbers, per-variant table, curves, summary.
+"""What an ablation over the original's defects shows: per-run and per-variant statistics, and verdicts.
 
 No Ray imports: the input is the runs (id, labels, config) and each run's reported epochs, so the
 tables and the generated sentences are tested on synthetic curves. tuning/ablate.py runs the variants.
@@ -167,6 +167,7 @@ def _same(a: list, b: list, rel: float = 1e-9) -> bool:
 
 
 def verdict(stats: VariantStats, epochs: int) -> str:
+    """NO_EFFECT, NO_DATA, or whether the variant declines (the rule above) and after an early or a late peak."""
     if stats.no_effect:
         return NO_EFFECT
     drop, _ = stats.agg("drop")
