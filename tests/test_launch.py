@@ -83,16 +83,9 @@ def test_a_refused_token_is_one_line(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def trial_folder(tmp_path_factory, tiny_dataset, tiny_cache_dir):
+def trial_folder(tmp_path_factory, tiny_cfg):
     """A trial's storage folder after 3 epochs: checkpoint_000000..2 hold epochs 1..3."""
-    from hyperiqa.config import TrainConfig
-
-    cfg = TrainConfig.from_dict(dict(
-        dataset="csv", data_root=str(tiny_dataset), backbone="resnet10t", pretrained=False, patch_size=32,
-        dataset_options={"csv": "labels.csv", "image_column": "image", "label_column": "label",
-                         "group_column": "group"},
-        train_patches=2, test_patches=2, batch_size=8, epochs=3, cache_dir=str(tiny_cache_dir), cache_workers=1,
-        device="cpu"))
+    cfg = tiny_cfg(epochs=3)
     folder = tmp_path_factory.mktemp("trial")
     solver = Solver(cfg, log=lambda *_: None)
     for metrics in solver.epochs():

@@ -82,17 +82,9 @@ def test_prepare_data_asks_for_the_budget_with_the_trials_memory_share(tiny_cfg,
 
 
 @pytest.fixture(scope="module")
-def gpu_trained_checkpoint(tmp_path_factory, tiny_dataset, tiny_cache_dir):
+def gpu_trained_checkpoint(tmp_path_factory, tiny_cfg):
     """A checkpoint as a shared-GPU trial would have left it before runtime fields were reset."""
-    from hyperiqa.config import TrainConfig
-
-    cfg = TrainConfig.from_dict(dict(
-        dataset="csv", data_root=str(tiny_dataset), backbone="resnet10t", pretrained=False, patch_size=32,
-        dataset_options={"csv": "labels.csv", "image_column": "image", "label_column": "label",
-                         "group_column": "group"},
-        train_patches=2, test_patches=2, batch_size=8, epochs=1, cache_dir=str(tiny_cache_dir), cache_workers=1,
-        device="cpu", num_threads=1, gpu_memory_fraction=0.5))
-    solver = Solver(cfg, log=quiet)
+    solver = Solver(tiny_cfg(epochs=1, num_threads=1, gpu_memory_fraction=0.5), log=quiet)
     metrics = next(solver.epochs())
     folder = tmp_path_factory.mktemp("gpu_ckpt") / "checkpoint"
     solver.save_checkpoint(folder, metrics)

@@ -123,16 +123,20 @@ def _snapshot_has_checkpoint(experiment: Path, lr: str) -> bool:
     return any(repr(t.config.get("backbone_lr")) == lr and t.checkpoint is not None for t in analysis.trials)
 
 
-def test_diverged_trials_rank_by_their_best_finite_epoch_and_optuna_learns_best_values(
-        tiny_dataset, tiny_cache_dir, tmp_path, capsys):
-    curves = {repr(1e-3): [0.5, 0.8, 0.6], repr(1e-4): [0.6, 0.9, math.nan], repr(1e-5): [0.4, math.nan]}
-    argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, "mixed", "--max-epochs", "3",
-                    "--grace-period", "3")
+def run_scripted_search(tmp_path, tiny_dataset, tiny_cache_dir, curves: dict, name: str) -> Path:
+    """A 3-epoch search without early stopping whose trials follow `curves`; returns the experiment path."""
+    argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, name, "--max-epochs", "3", "--grace-period", "3")
     try:
         assert search.main(argv, trial_fn=functools.partial(scripted, curves=curves)) == 0
     finally:
         ray.shutdown()
-    experiment = tmp_path / "ray" / "mixed"
+    return tmp_path / "ray" / name
+
+
+def test_diverged_trials_rank_by_their_best_finite_epoch_and_optuna_learns_best_values(
+        tiny_dataset, tiny_cache_dir, tmp_path, capsys):
+    curves = {repr(1e-3): [0.5, 0.8, 0.6], repr(1e-4): [0.6, 0.9, math.nan], repr(1e-5): [0.4, math.nan]}
+    experiment = run_scripted_search(tmp_path, tiny_dataset, tiny_cache_dir, curves, "mixed")
     ids = trial_ids_by_lr(experiment)
     trials = rows(tmp_path / "export")
     assert [trials[ids[k]]["ended"] for k in curves] == ["completed", "diverged", "diverged"]
@@ -150,12 +154,7 @@ def test_diverged_trials_rank_by_their_best_finite_epoch_and_optuna_learns_best_
 def test_a_search_in_which_every_trial_diverges_exports_its_best_finite_epoch(tiny_dataset, tiny_cache_dir,
                                                                               tmp_path, capsys):
     curves = {repr(1e-3): [0.5, 0.7, math.nan], repr(1e-4): [0.6, math.nan]}
-    argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, "diverged", "--max-epochs", "3",
-                    "--grace-period", "3")
-    try:
-        assert search.main(argv, trial_fn=functools.partial(scripted, curves=curves)) == 0
-    finally:
-        ray.shutdown()
+    run_scripted_search(tmp_path, tiny_dataset, tiny_cache_dir, curves, "diverged")
     out = capsys.readouterr().out
     assert "every trial diverged" in out and "Traceback" not in out
     trials = rows(tmp_path / "export")

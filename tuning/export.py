@@ -1,6 +1,6 @@
 """Export a search: best configuration, best-epoch checkpoint, trials table, curves, importance, summary.
 
-    python tuning/export.py EXPERIMENT_PATH [--out DIR]
+    python tuning/export.py EXPERIMENT_PATH [--out DIR] [--cross NAME=ROOT ...]
 
 re-exports any finished or interrupted experiment (EXPERIMENT_PATH = storage path / name). The
 folder is built beside its destination and renamed into place, so a reader never sees half of it.
@@ -11,7 +11,12 @@ folder is built beside its destination and renamed into place, so a reader never
     trials.csv         one row per trial: params, best and last metric, best epoch, epochs run, how it ended
     curves.png         the metric per epoch for every trial
     importance.json    Optuna's parameter importance
-    summary.md         the above in short
+    summary.md         the above in short, with the best checkpoint's metrics and the cross-dataset table
+
+With --cross NAME=ROOT (or the search's own --cross, saved with it) the exported checkpoint is also
+scored on every image of those datasets (tuning/crosseval.py); the table goes to summary.md and to
+metrics.json under `cross_dataset`. A search logged to MLflow gets its runs tagged: `hyperiqa.best`
+(true on the exported trial's run) and `hyperiqa.ended`.
 """
 
 from __future__ import annotations
@@ -29,12 +34,12 @@ import json
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hyperiqa.checkpoint import CONFIG
 from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text, run_cli
-from tuning import report
-from tuning.options import absolute
+from tuning import crosseval, report, tracking
+from tuning.options import absolute, read_experiment_file, write_experiment_file
 from tuning.plan import SEARCH_FILE, Plan
 
 
@@ -44,38 +49,28 @@ class ExportResult:
     rows: list[report.TrialRow]
     best: report.TrialRow | None
     table: list[dict]
+    cross: list[dict] = field(default_factory=list)  # crosseval.evaluate entries, one per --cross dataset
 
 
 def load_plan(experiment_path: str) -> Plan:
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path else \
-        (pyarrow.fs.LocalFileSystem(), experiment_path)
-    try:
-        with fs.open_input_stream(f"{path.rstrip('/')}/{SEARCH_FILE}") as fh:
-            text = fh.readall().decode()
-    except (FileNotFoundError, OSError):
+    text = read_experiment_file(experiment_path, SEARCH_FILE)
+    if text is None:
         raise UserError(f"{experiment_path}: no {SEARCH_FILE}; not an experiment folder written by "
-                        "tuning/search.py (give storage-path/name)") from None
+                        "tuning/search.py (give storage-path/name)")
     return Plan.from_json(text, source=f"{experiment_path}/{SEARCH_FILE}")
 
 
 def save_plan(plan: Plan) -> None:
-    import pyarrow.fs
-
-    if "://" in plan.experiment_path:
-        fs, path = pyarrow.fs.FileSystem.from_uri(plan.experiment_path)
-        fs.create_dir(path, recursive=True)
-        with fs.open_output_stream(f"{path}/{SEARCH_FILE}") as fh:
-            fh.write(plan.to_json().encode())
-    else:
-        atomic_write_text(Path(plan.experiment_path) / SEARCH_FILE, plan.to_json())
+    write_experiment_file(plan.experiment_path, SEARCH_FILE, plan.to_json())
 
 
-def export_experiment(experiment_path: str, out_dir: str | None = None, *, log=print) -> ExportResult:
+def export_experiment(experiment_path: str, out_dir: str | None = None, *, cross: list[list[str]] | None = None,
+                      log=print, progress=print) -> ExportResult:
+    """cross: [[name, root], ...] replacing the search's saved --cross; progress: cross-dataset and tracking lines."""
     from ray import tune
 
     plan = load_plan(experiment_path)
+    cross = plan.cross if cross is None else cross
     space = plan.search_space
     try:
         analysis = tune.ExperimentAnalysis(experiment_path, default_metric=plan.metric, default_mode="max")
@@ -98,11 +93,16 @@ def export_experiment(experiment_path: str, out_dir: str | None = None, *, log=p
         _write_trials_csv(tmp / "trials.csv", entries)
         report.plot_curves(rows, plan.metric, best_row.trial_id if best_row else None, tmp / "curves.png")
         atomic_write_json(tmp / "importance.json", report.importance(rows, space.distributions(), first_rung=plan.grace_period))
+        metrics, cross_results = {}, []
         if best is not None:
-            _export_best(best, best_row, plan, space, tmp)
-        atomic_write_text(tmp / "summary.md", _summary(plan, rows, best_row, entries))
+            metrics = _export_best(best, best_row, plan, space, tmp)
+            if cross:
+                cross_results = crosseval.evaluate(tmp / "checkpoint", cross, log=progress)
+            atomic_write_json(tmp / "metrics.json", {**metrics, **({"cross_dataset": cross_results} if cross else {})})
+        atomic_write_text(tmp / "summary.md", _summary(plan, rows, best_row, entries, metrics, cross_results))
     log(f"export: {target}")
-    return ExportResult(target, rows, best_row, entries)
+    tracking.tag_mlflow_runs(plan, rows, best_row.trial_id if best_row else None, log=progress)
+    return ExportResult(target, rows, best_row, entries, cross_results)
 
 
 def best_trial(rows: list[report.TrialRow]) -> report.TrialRow | None:
@@ -115,8 +115,9 @@ def best_trial(rows: list[report.TrialRow]) -> report.TrialRow | None:
     return max(scored, key=lambda r: r.best) if scored else None
 
 
-def _export_best(best, best_row: report.TrialRow, plan: Plan, space, tmp: Path) -> None:
-    """Copy the best epoch's checkpoint of the best trial: Ray keeps each trial's checkpoints ranked by the metric."""
+def _export_best(best, best_row: report.TrialRow, plan: Plan, space, tmp: Path) -> dict:
+    """Copy the best epoch's checkpoint of the best trial (Ray keeps each trial's checkpoints ranked by the
+    metric) and write best_config.yaml; returns what metrics.json holds."""
     kept = [(c, m) for c, m in best.best_checkpoints or [] if report.finite(m.get(plan.metric))]
     if not kept:
         raise UserError(f"the best trial ({best.path}) kept no checkpoint with a finite {plan.metric}")
@@ -130,8 +131,7 @@ def _export_best(best, best_row: report.TrialRow, plan: Plan, space, tmp: Path) 
     _make_portable(tmp / "checkpoint" / CONFIG)
     cfg = space.config_for(plan.base_config, best.config or {}, source="best trial").portable()
     cfg.save(tmp / "best_config.yaml")
-    atomic_write_json(tmp / "metrics.json", {"trial": best_row.trial_id, "params": best.config,
-                                             "metric": plan.metric, **_plain(ckpt_metrics)})
+    return {"trial": best_row.trial_id, "params": best.config, "metric": plan.metric, **_plain(ckpt_metrics)}
 
 
 def _make_portable(path: Path) -> None:
@@ -154,7 +154,7 @@ def _write_trials_csv(path: Path, entries: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _summary(plan: Plan, rows, best_row, entries) -> str:
+def _summary(plan: Plan, rows, best_row, entries, metrics: dict, cross: list[dict]) -> str:
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.ended] = counts.get(row.ended, 0) + 1
@@ -167,12 +167,30 @@ def _summary(plan: Plan, rows, best_row, entries) -> str:
         lines.append(f"- best: trial {best_row.trial_id}, {plan.metric} {best_row.best:.4f} at epoch "
                      f"{best_row.best_epoch}; params {best_row.params}")
     lines += [f"- trial {r.trial_id} ({r.ended}): {r.message}" for r in rows if r.message]
-    lines += ["", "```", report.text_table(entries), "```", "",
-              "Files: best_config.yaml, checkpoint/ (best epoch of the best trial), metrics.json, trials.csv, "
+    lines += ["", "```", report.text_table(entries), "```", ""]
+    lines += _metrics_table(metrics) + crosseval.markdown(cross)
+    lines += ["Files: best_config.yaml, checkpoint/ (best epoch of the best trial), metrics.json, trials.csv, "
               "curves.png, importance.json.", ""]
     if plan.metric.startswith("test_"):
         lines.insert(2, "**Selected on the TEST split: the reported test score is optimistic.**\n")
     return "\n".join(lines)
+
+
+def _metrics_table(metrics: dict) -> list[str]:
+    """The exported epoch's image-level metrics per split; plcc_logistic is the PLCC IQA papers report."""
+    splits = [s for s in ("val", "test") if any(f"{s}_{k}" in metrics for k in crosseval.METRICS)]
+    if not splits:
+        return []
+    lines = [f"## Best checkpoint (trial {metrics['trial']}, epoch {metrics.get('epoch')})", "",
+             "| split | " + " | ".join(crosseval.METRICS) + " |", "|---" * (len(crosseval.METRICS) + 1) + "|"]
+    for split in splits:
+        cells = [_cell(metrics.get(f"{split}_{k}")) for k in crosseval.METRICS]
+        lines.append(f"| {split} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _cell(value) -> str:
+    return f"{value:.4f}" if report.finite(value) else "-"
 
 
 class _staging:
@@ -203,9 +221,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment_path", help="the experiment folder: --storage-path/--name of the search")
     parser.add_argument("--out", help="export folder (default: the search's --export-dir)")
+    parser.add_argument("--cross", action="append", metavar="NAME=ROOT",
+                        help="score the exported checkpoint on every image of this dataset (repeatable; replaces "
+                             "the search's own --cross for this export)")
     args = parser.parse_args(argv)
-    result = export_experiment(absolute(args.experiment_path), args.out)
+    cross = crosseval.parse(args.cross) if args.cross else None
+    result = export_experiment(absolute(args.experiment_path), args.out, cross=cross)
     print(report.text_table(result.table))
+    if result.cross:
+        print("\n" + crosseval.text(result.cross))
     return 0
 
 

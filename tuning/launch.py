@@ -13,7 +13,7 @@ import ray
 from ray import tune
 
 from hyperiqa.utils import UserError
-from tuning import report
+from tuning import report, tracking
 from tuning.plan import Plan
 from tuning.schedulers import BestValueOptunaSearch, ResumableASHA
 from tuning.trainable import FAILED, fixed_trial, train_trial
@@ -140,8 +140,15 @@ def make_searcher(plan: Plan) -> BestValueOptunaSearch:
     else:  # TPE, after a few random trials (fewer than optuna's 10 so that small searches still use TPE)
         sampler = optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=min(10, max(3, plan.num_samples // 3)))
     space = plan.search_space
+    # --optuna-storage: the study lives in that database under the experiment's name (optuna-dashboard
+    # shows it while the search runs); otherwise in memory, pickled with the experiment's searcher state.
+    storage = optuna.storages.RDBStorage(plan.optuna_storage) if plan.optuna_storage else None
+    # Start points are enqueued in the study up front: those beyond --num-samples would never run and
+    # would stay WAITING in a stored study.
+    start = [dict(p) for p in space.start[:plan.num_samples]]
     return BestValueOptunaSearch(space=space, metric=plan.metric, mode="max", sampler=sampler,
-                                 points_to_evaluate=[dict(p) for p in space.start] or None)
+                                 points_to_evaluate=start or None,
+                                 storage=storage, study_name=plan.name if storage else None)
 
 
 def make_scheduler(plan: Plan) -> ResumableASHA:
@@ -157,8 +164,33 @@ class FailedTrialReporter(tune.Callback):
             print(f"trial {trial.trial_id} failed and is not retried: {result.get('message')}", flush=True)
 
 
+def tracking_callbacks(plan) -> list:
+    """Ray Tune's logger callbacks for --log-to (a runner.RunSet has none). TensorBoard event files are
+    written by Ray's default TBXLoggerCallback anyway; naming it here only makes it explicit."""
+    tools = getattr(plan, "log_to", None) or []
+    callbacks: list = []
+    if "tensorboard" in tools:
+        from ray.tune.logger import TBXLoggerCallback
+
+        callbacks.append(TBXLoggerCallback())
+    if "mlflow" in tools:
+        from tuning.ray_callbacks import MLflowTrialRuns
+
+        callbacks.append(MLflowTrialRuns(tracking_uri=plan.mlflow_uri, experiment_name=plan.name))
+    if "wandb" in tools:
+        from tuning.ray_callbacks import WandbTrialRuns
+
+        # resume="allow": a trial continued by --resume logs on to its own run (id = the trial id).
+        # WANDB_MODE is passed on because the logging actors may start under another environment
+        # (a cluster's raylet started by `ray start`).
+        extra = {"mode": os.environ["WANDB_MODE"]} if os.environ.get("WANDB_MODE") else {}
+        callbacks.append(WandbTrialRuns(project=plan.wandb_project, group=plan.name, resume="allow",
+                                        dir=tracking.wandb_dir(plan), **extra))
+    return callbacks
+
+
 def run_config(plan) -> tune.RunConfig:
-    """Storage, checkpoint ranking, log upload and retries, for a Plan or a runner.RunSet."""
+    """Storage, checkpoint ranking, log upload, retries and --log-to callbacks, for a Plan or a runner.RunSet."""
     return tune.RunConfig(
         name=plan.name, storage_path=plan.storage_path, verbose=1,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS, checkpoint_score_attribute=plan.metric,
@@ -166,7 +198,7 @@ def run_config(plan) -> tune.RunConfig:
         # Upload each trial's working directory (its train.log) with every checkpoint: it lives on the
         # trial's node, which on a cluster is not the driver's.
         sync_config=tune.SyncConfig(sync_artifacts=True),
-        failure_config=tune.FailureConfig(max_failures=2), callbacks=[FailedTrialReporter()])
+        failure_config=tune.FailureConfig(max_failures=2), callbacks=[FailedTrialReporter(), *tracking_callbacks(plan)])
 
 
 def build_tuner(plan: Plan, fn=train_trial) -> tune.Tuner:

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from hyperiqa.config import TrainConfig, demo_config
-from hyperiqa.utils import UserError
+from hyperiqa.utils import UserError, atomic_write_text
 
 PATH_FIELDS = ("data_root", "split_file", "backbone_weights", "cache_dir")
 DATASETS_HELP = "koniq10k, livec, bid, live, csiq, tid2013, kadid10k, spaq, csv, demo"
@@ -54,6 +54,32 @@ def is_uri(path: str) -> bool:
 
 def absolute(path: str) -> str:
     return path if is_uri(path) else str(Path(path).expanduser().resolve())
+
+
+def write_experiment_file(experiment_path: str, name: str, text: str) -> None:
+    """Write `name` into the experiment folder: a local folder (atomically) or a storage URI."""
+    if is_uri(experiment_path):
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path)
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path.rstrip('/')}/{name}") as fh:
+            fh.write(text.encode())
+    else:
+        atomic_write_text(Path(experiment_path) / name, text)
+
+
+def read_experiment_file(experiment_path: str, name: str) -> str | None:
+    """The text of `name` in the experiment folder (local or URI); None if it is not there."""
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path) if is_uri(experiment_path) else \
+        (pyarrow.fs.LocalFileSystem(), experiment_path)
+    try:
+        with fs.open_input_stream(f"{path.rstrip('/')}/{name}") as fh:
+            return fh.readall().decode()
+    except (FileNotFoundError, OSError):
+        return None
 
 
 def check_name(name: str) -> str:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hyperiqa.config import TrainConfig, parse_assignments
 from hyperiqa.utils import UserError
+from tuning import crosseval, tracking
 from tuning.options import absolute, base_config, check_dataset, check_name, for_ray, resources
 from tuning.space import SearchSpace, load_space, parse_space
 
@@ -53,6 +54,12 @@ class Plan:
     name: str
     export_dir: str
     max_concurrent: int | None = None  # None: as many trials at once as the resources allow
+    # tracking and integrations (tuning/tracking.py, tuning/crosseval.py); plans saved before them load with these
+    log_to: list = field(default_factory=list)   # tensorboard, mlflow, wandb
+    mlflow_uri: str | None = None
+    wandb_project: str | None = None
+    optuna_storage: str | None = None
+    cross: list = field(default_factory=list)    # [[dataset name, absolute root], ...]
 
     @property
     def base_config(self) -> TrainConfig:
@@ -98,6 +105,9 @@ def make_plan(args) -> Plan:
     default_grace = min(DEMO_GRACE_PERIOD, max_epochs) if base.dataset == "demo" else max(1, max_epochs // 8)
     grace = args.grace_period or default_grace
     _check_schedule(max_epochs, grace, args.reduction_factor, args.num_samples)
+    tracked = tracking.plan_fields(args)
+    cross_sets = crosseval.parse(args.cross)
+    crosseval.check(cross_sets, base.cache_dir)
     check_dataset(base)  # last: for the demo this generates the images
     name = check_name(args.name or f"{base.dataset}-{Path(space_file.source).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     storage = absolute(args.storage_path)
@@ -106,7 +116,7 @@ def make_plan(args) -> Plan:
     raw_space = _raw_space(space_file)
     return Plan(base.to_dict(), raw_space, space_file.source, args.metric, args.searcher, args.seed, num_samples,
                 max_epochs, grace, args.reduction_factor, gpus, gpus_per_trial, cpus_per_trial, storage, name,
-                export_dir, args.max_concurrent)
+                export_dir, args.max_concurrent, cross=cross_sets, **tracked)
 
 
 def _check_schedule(max_epochs: int, grace: int, factor: float, num_samples: int | None) -> None:

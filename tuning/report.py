@@ -114,7 +114,10 @@ def plot_curves(rows: list[TrialRow], metric: str, best_id: str | None, path) ->
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per epoch (dashed: stopped before the last epoch; thick: best trial)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    if ax.get_lines():
+        ax.legend(fontsize=7, loc="lower right")
+    else:  # no trial reported a finite value (e.g. every one failed to start): say so on the figure
+        ax.text(0.5, 0.5, f"no trial reported a finite {metric}", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

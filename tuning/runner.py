@@ -15,8 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hyperiqa.config import TrainConfig
-from hyperiqa.utils import UserError, atomic_write_text
-from tuning.options import absolute, check_dataset, check_name, for_ray, is_uri
+from hyperiqa.utils import UserError
+from tuning.options import (
+    absolute,
+    check_dataset,
+    check_name,
+    for_ray,
+    read_experiment_file,
+    write_experiment_file,
+)
 
 RUNS_FILE = "hyperiqa_runs.json"
 
@@ -87,28 +94,14 @@ def make_runset(kind: str, runs: list[tuple[str, dict, TrainConfig]], args, *, m
 
 
 def save_runset(runset: RunSet) -> None:
-    if is_uri(runset.experiment_path):
-        import pyarrow.fs
-
-        fs, path = pyarrow.fs.FileSystem.from_uri(runset.experiment_path)
-        fs.create_dir(path, recursive=True)
-        with fs.open_output_stream(f"{path}/{RUNS_FILE}") as fh:
-            fh.write(runset.to_json().encode())
-    else:
-        atomic_write_text(Path(runset.experiment_path) / RUNS_FILE, runset.to_json())
+    write_experiment_file(runset.experiment_path, RUNS_FILE, runset.to_json())
 
 
 def load_runset(experiment_path: str) -> RunSet:
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path) if is_uri(experiment_path) else \
-        (pyarrow.fs.LocalFileSystem(), experiment_path)
-    try:
-        with fs.open_input_stream(f"{path.rstrip('/')}/{RUNS_FILE}") as fh:
-            text = fh.readall().decode()
-    except (FileNotFoundError, OSError):
+    text = read_experiment_file(experiment_path, RUNS_FILE)
+    if text is None:
         raise UserError(f"{experiment_path}: no {RUNS_FILE}; not a folder written by tuning/ablate.py or "
-                        "confirm.py (give storage-path/name)") from None
+                        "confirm.py (give storage-path/name)")
     return RunSet.from_json(text, source=f"{experiment_path}/{RUNS_FILE}")
 
 

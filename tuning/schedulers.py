@@ -6,6 +6,11 @@
   searcher learns each trial's best finite value; a trial with none, or one that diverged, is PRUNED;
   one that could not start (tuning.trainable.FAILED) or errored is FAIL. Per-epoch values become
   Optuna intermediate values at step = epoch.
+- With an RDB storage (--optuna-storage) the study lives in the database, and the searcher state Ray
+  pickles with the experiment holds only a connection to it. That pickle can lag the database by the
+  last seconds before a driver died: a trial told there but not in the pickle (telling it again
+  raises), or a trial asked there whose Ray trial was never recorded (it would stay RUNNING for good).
+  `restore` reconciles both. Each Optuna trial carries its Ray trial id (user attr `ray_trial_id`).
 - ASHA compares with nanpercentile, and `nan < cutoff` is False: a NaN trial would never be stopped.
   Here a non-finite value counts as METRIC_FLOOR at the rungs.
 - Ray does not save ASHA's rungs in the experiment state: a resumed search compared resumed trials
@@ -37,6 +42,39 @@ class BestValueOptunaSearch(OptunaSearch):
         self._best: dict[str, float] = {}
         self._steps: dict[str, set[int]] = {}
         self._diverged: set[str] = set()
+
+    def _setup_study(self, mode) -> None:
+        import warnings
+
+        import optuna
+
+        super()._setup_study(mode)
+        with warnings.catch_warnings():  # experimental since optuna 3.2, still so in 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names([self._metric])  # optuna-dashboard labels the objective with it
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # which Ray trial this is, for optuna-dashboard and the tests
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return config
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        if self._storage is not None:
+            self._reconcile_with_storage()
+
+    def _reconcile_with_storage(self) -> None:
+        import optuna
+
+        stored = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
+        known = {trial_id: ot.number for trial_id, ot in self._ot_trials.items()}
+        for trial_id, number in known.items():
+            if stored[number].state.is_finished():  # told after the pickle was written: its value stands
+                self._completed_trials.add(trial_id)
+        for number, trial in stored.items():
+            if trial.state == optuna.trial.TrialState.RUNNING and number not in known.values():
+                self._ot_study.tell(number, state=optuna.trial.TrialState.FAIL)  # asked, never run
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

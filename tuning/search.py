@@ -21,7 +21,7 @@ import time
 
 from hyperiqa.config import SELECTION_METRICS
 from hyperiqa.utils import UserError, run_cli
-from tuning import confirm
+from tuning import confirm, crosseval, tracking
 from tuning.options import absolute, add_cluster_flags, add_data_flags, add_resource_flags, is_uri
 from tuning.plan import SEARCH_FILE, describe_defaults, make_plan
 
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the experiment --name (default: the newest under --storage-path); finished "
                         "trials are kept, unfinished ones continue from their checkpoints")
     o.add_argument("--export-dir", metavar="DIR", help="export folder (default exports/<name>)")
+    tracking.add_flags(p)
     confirm.add_search_flags(p)
     return p
 
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
     from tuning import launch
     from tuning.export import export_experiment, save_plan
 
+    tracking.prepare(plan, resume=args.resume)  # packages and stores checked before Ray starts
     launch.start_ray(args.address, args.dashboard_host, args.dashboard_port)
     fn = {"fn": trial_fn} if trial_fn else {}
     if args.resume:
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
     minutes = (time.monotonic() - start) / 60
     result = export_experiment(plan.experiment_path, plan.export_dir, log=lambda *_: None)
     _print_summary(plan, result, minutes)
+    if result.cross:
+        print("\n" + crosseval.text(result.cross))
     if args.confirm:
         confirm.after_search(args, plan, result)
     return 0
