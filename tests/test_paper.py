@@ -55,3 +55,18 @@ def test_solver_without_a_val_split_selects_on_test(tiny_cfg):
     assert history[-1]["best_test_srcc"] == history[best]["test_srcc"]
     with pytest.raises(UserError, match="split 'val' has no images"):
         solver.evaluate("val")
+
+
+def test_asha_first_rung_is_epoch_4_on_the_demo_and_max_epochs_over_8_elsewhere(tiny_dataset, tiny_cache_dir,
+                                                                                 tmp_path, monkeypatch):
+    import tuning.plan as plan_module
+
+    # 16 epochs (the TrainConfig default) on a real-data reader: max(1, 16 // 8)
+    assert plan_for(tiny_dataset, tiny_cache_dir, tmp_path).grace_period == 2
+    assert plan_for(tiny_dataset, tiny_cache_dir, tmp_path, "--grace-period", "5").grace_period == 5
+    # the demo (bench/search_quality.py: its first epochs from random init do not rank trials)
+    monkeypatch.setattr(plan_module, "check_dataset", lambda cfg: None)  # no images generated here
+    argv = ["--storage-path", str(tmp_path), "--name", "demo-plan"]
+    assert plan_module.make_plan(build_parser().parse_args(argv)).grace_period == plan_module.DEMO_GRACE_PERIOD == 4
+    short = plan_module.make_plan(build_parser().parse_args([*argv, "--max-epochs", "3"]))
+    assert short.grace_period == 3  # never past the last epoch
