@@ -41,6 +41,7 @@ VARIANTS = {FIXED: [], **{name: [name] for name in LEGACY_DEFECTS}, ALL: ["all"]
 #   measurable after epoch 1 (val SRCC about 0).
 # - 6 epochs, not 8: 8 epochs of these runs (about 36 s of one core each, estimated) would leave too little
 #   margin under 10 minutes beside Ray's own processes; 6 points per curve still show a peak and a fall.
+#   Measured at this size: 8.4 minutes on a quiet 2-core VM (README, "Why the first epoch was best").
 # - one 32 px patch per training image and epoch, 2 fixed 32 px crops per evaluation image: the cheapest
 #   that still learns. HyperIQA generates the target network's weights per sample, which costs the same
 #   at any patch size, so the number of patches, not their size, sets the time.
