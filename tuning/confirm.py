@@ -45,7 +45,7 @@ SPLIT_FIELDS = ("seed", "split_seed", "split", "split_file")
 # minutes in all on a quiet machine, and the demo search itself ran 1.4x slower on a fresh 2-core
 # machine than on ours. Half a trial (6 epochs, still of 3 patches and 2 crops) leaves ~2x headroom; it
 # is the same for every configuration, so the comparison stays paired. --set epochs=12 confirms at the
-# search's length.
+# search's length. Measured: 7.2 minutes on a quiet 2-core VM (README, "Is the winner real?").
 DEMO_SIZE = {"epochs": 6, "train_patches": 3, "test_patches": 2}
 DEFAULT_VAL_FRACTION = 0.1  # used when the inputs have no validation split (searched with --metric test_*)
 
