@@ -39,13 +39,10 @@ DATA_FIELDS = (*DATASET_FIELDS, "resize_short_side", "resize_to", "cache_dir")
 SPLIT_FIELDS = ("seed", "split_seed", "split", "split_file")
 # On the demo every configuration is confirmed at this size. Budget: `confirm.py <demo export> --splits 3`
 # must end within 10 minutes on 2 cores: 2 configurations x 3 splits = 6 runs, 2 at a time on one
-# thread each, so 3 rounds after ~1 minute of Ray start and dataset checks. A demo epoch (3 patches of
-# each of 612 training images, 2 crops of 408 val/test images) takes ~11 s on a free core (~200
-# patches/s in the demo searches), so the search's 12 epochs would make 3 rounds of ~2.2 minutes: ~7.5
-# minutes in all on a quiet machine, and the demo search itself ran 1.4x slower on a fresh 2-core
-# machine than on ours. Half a trial (6 epochs, still of 3 patches and 2 crops) leaves ~2x headroom; it
-# is the same for every configuration, so the comparison stays paired. --set epochs=12 confirms at the
-# search's length. Measured: 7.2 minutes on a quiet 2-core VM (README, "Is the winner real?").
+# thread each, so 3 rounds after Ray's start and the dataset checks. Half a demo trial (6 epochs, still of
+# 3 patches and 2 crops) is the same for every configuration, so the comparison stays paired; measured:
+# 6 epochs took 150-165 s per run, 7.2 minutes in all on a quiet 2-core VM (README, "Is the winner
+# real?"). The search's 12 epochs would not fit. --set epochs=12 confirms at the search's length.
 DEMO_SIZE = {"epochs": 6, "train_patches": 3, "test_patches": 2}
 DEFAULT_VAL_FRACTION = 0.1  # used when the inputs have no validation split (searched with --metric test_*)
 
