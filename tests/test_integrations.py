@@ -9,11 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import struct
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -25,7 +22,7 @@ from hyperiqa.evaluation import evaluate_checkpoint
 from hyperiqa.utils import UserError
 from tests.test_evaluate import kadid, tid2013  # noqa: F401  (module fixtures: generated TID2013 and KADID-10k layouts)
 from tests.test_search import SPACE, results_per_trial, search_argv
-from tests.test_search_scripted import DRIVER, ROOT, _snapshot_has_checkpoint, argv_for
+from tests.test_search_scripted import argv_for, kill_then_resume
 from tuning import search, tracking
 from tuning.schedulers import BestValueOptunaSearch
 
@@ -188,20 +185,7 @@ def test_resume_continues_the_optuna_study_and_the_mlflow_runs(tiny_dataset, tin
                     "--grace-period", "3", "--log-to", "mlflow", "--mlflow-uri", urls["mlflow"],
                     "--optuna-storage", urls["optuna"])
     experiment = tmp_path / "ray" / "resumed"
-    cmd = [sys.executable, "-c", DRIVER, json.dumps([argv, curves, str(pause)])]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(tmp_path / "run1.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None and not _snapshot_has_checkpoint(experiment, slow):
-            time.sleep(1)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert _snapshot_has_checkpoint(experiment, slow), (tmp_path / "run1.log").read_text()[-3000:]
-    (pause / "resumed").touch()
-    resumed = subprocess.run([*cmd[:3], json.dumps([[*argv, "--resume"], curves, str(pause)])], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=240)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    kill_then_resume(tmp_path, argv, curves, pause, experiment, slow)
     with open(tmp_path / "export" / "trials.csv") as fh:
         trials = {r["trial"]: r for r in csv.DictReader(fh)}
     # One Optuna trial per Ray trial, each finished with the trial's best value: the resumed trial's

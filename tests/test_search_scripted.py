@@ -77,20 +77,7 @@ def test_resumed_trial_below_a_restored_rung_is_stopped(tiny_dataset, tiny_cache
     argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, "asha", "--max-epochs", "4",
                     "--grace-period", "2", "--reduction-factor", "2")
     experiment = tmp_path / "ray" / "asha"
-    cmd = [sys.executable, "-c", DRIVER, json.dumps([argv, curves, str(pause)])]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(tmp_path / "run1.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None and not _snapshot_has_checkpoint(experiment, bad):
-            time.sleep(1)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert _snapshot_has_checkpoint(experiment, bad), (tmp_path / "run1.log").read_text()[-3000:]
-    (pause / "resumed").touch()
-    resumed = subprocess.run([*cmd[:3], json.dumps([[*argv, "--resume"], curves, str(pause)])], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=240)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    kill_then_resume(tmp_path, argv, curves, pause, experiment, bad)
     ids = trial_ids_by_lr(experiment)
     trials = rows(tmp_path / "export")
     # At epoch 2 (the rung) the resumed trial's 0.2 is below the finished trial's 0.6: stopped there.
@@ -108,6 +95,25 @@ def test_resumed_trial_below_a_restored_rung_is_stopped(tiny_dataset, tiny_cache
         assert config.scheduler.rungs()[2] == {ids[good]: 0.6, ids[bad]: 0.2}
     finally:
         ray.shutdown()
+
+
+def kill_then_resume(tmp_path: Path, argv: list[str], curves: dict, pause: Path, experiment: Path, lr: str) -> None:
+    """Run the scripted search in a driver process, SIGKILL the driver and its workers once Ray's snapshot
+    holds a checkpoint of the (paused) trial with this lr, then finish it with --resume."""
+    cmd = [sys.executable, "-c", DRIVER, json.dumps([argv, curves, str(pause)])]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(tmp_path / "run1.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None and not _snapshot_has_checkpoint(experiment, lr):
+            time.sleep(1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert _snapshot_has_checkpoint(experiment, lr), (tmp_path / "run1.log").read_text()[-3000:]
+    (pause / "resumed").touch()
+    resumed = subprocess.run([*cmd[:3], json.dumps([[*argv, "--resume"], curves, str(pause)])], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
 
 def _snapshot_has_checkpoint(experiment: Path, lr: str) -> bool:
