@@ -1,6 +1,6 @@
 """Hyperparameter search for HyperIQA on Ray Tune: ASHA stops trials falling behind, Optuna proposes the next.
 
-    python tuning/search.py                 # the demo: generated dataset, CPU, ~5 min on 2 cores
+    python tuning/search.py                 # the demo: generated dataset, CPU, ~8-10 min on 2 cores
     python tuning/search.py --gpus 4 --dataset koniq10k --data-root /data/koniq10k
 
 Every trial trains the fixed solver with one sampled configuration and reports image-level
