@@ -46,6 +46,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tuning.report import finite  # noqa: E402  (after the path: run as a script)
+
 METHODS = ("asha_tpe", "asha_random", "random_full")
 WITHIN = 0.01  # "close enough to the best": about the spread of published HyperIQA retrainings on KonIQ
 
@@ -81,7 +83,7 @@ def load_trials(experiment: Path) -> list[dict]:
         lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if not lines:
             continue
-        by_epoch = {int(r["epoch"]): r for r in lines if _finite(r.get("epoch")) and r["epoch"] >= 1}
+        by_epoch = {int(r["epoch"]): r for r in lines if finite(r.get("epoch")) and r["epoch"] >= 1}
         index = re.search(rf"{lines[0]['trial_id']}_(\d+)_", path.parent.name)
         trials.append({"id": lines[0]["trial_id"], "order": int(index.group(1)) if index else 0,
                        "config": lines[0].get("config", {}),
@@ -294,27 +296,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _value(value) -> float:
-    return float(value) if _finite(value) else math.nan
+    return float(value) if finite(value) else math.nan
 
 
 def _same(a, b) -> bool:
-    if _finite(a) and _finite(b):
+    if finite(a) and finite(b):
         return math.isclose(a, b, rel_tol=1e-9)
     return a == b
 
 
 def _mean(values: list) -> float:
-    values = [v for v in values if _finite(v)]
+    values = [v for v in values if finite(v)]
     return sum(values) / len(values) if values else math.nan
 
 
 def _round(value, digits: int = 4):
-    return round(float(value), digits) if _finite(value) else None
+    return round(float(value), digits) if finite(value) else None
 
 
 if __name__ == "__main__":

@@ -16,15 +16,13 @@ import math
 
 import numpy as np
 
+from tuning.report import finite
+
 PROTOCOLS = {"honest": "val_srcc", "paper": "test_srcc"}  # protocol -> the metric that picks the epoch
 REPORTED = ("test_srcc", "test_plcc", "test_plcc_logistic")
 LABELS = {"test_srcc": "test SRCC", "test_plcc": "test PLCC", "test_plcc_logistic": "test PLCC (logistic)"}
 RESAMPLES = 10_000
 FEW_SPLITS = 5  # below this a percentile bootstrap covers less than it claims: the verdict says so
-
-
-def finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def select_epoch(curve: list[dict], key: str) -> dict | None:

@@ -53,10 +53,7 @@ class ExportResult:
 
 
 def load_plan(experiment_path: str) -> Plan:
-    text = read_experiment_file(experiment_path, SEARCH_FILE)
-    if text is None:
-        raise UserError(f"{experiment_path}: no {SEARCH_FILE}; not an experiment folder written by "
-                        "tuning/search.py (give storage-path/name)")
+    text = read_experiment_file(experiment_path, SEARCH_FILE, written_by="tuning/search.py")
     return Plan.from_json(text, source=f"{experiment_path}/{SEARCH_FILE}")
 
 

@@ -69,8 +69,9 @@ def write_experiment_file(experiment_path: str, name: str, text: str) -> None:
         atomic_write_text(Path(experiment_path) / name, text)
 
 
-def read_experiment_file(experiment_path: str, name: str) -> str | None:
-    """The text of `name` in the experiment folder (local or URI); None if it is not there."""
+def read_experiment_file(experiment_path: str, name: str, *, written_by: str) -> str:
+    """The text of `name` in the experiment folder (local or URI); a UserError naming the folder, the
+    file and the tool that writes it (`written_by`) if it is not there."""
     import pyarrow.fs
 
     fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path) if is_uri(experiment_path) else \
@@ -79,7 +80,8 @@ def read_experiment_file(experiment_path: str, name: str) -> str | None:
         with fs.open_input_stream(f"{path.rstrip('/')}/{name}") as fh:
             return fh.readall().decode()
     except (FileNotFoundError, OSError):
-        return None
+        raise UserError(f"{experiment_path}: no {name}; not a folder written by {written_by} "
+                        "(give storage-path/name)") from None
 
 
 def check_name(name: str) -> str:

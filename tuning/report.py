@@ -172,7 +172,8 @@ def _single_choice(dist) -> bool:
 
 
 def finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    """A real number that is not NaN or infinite (a bool is not a metric value)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _float(value) -> float:

@@ -98,10 +98,7 @@ def save_runset(runset: RunSet) -> None:
 
 
 def load_runset(experiment_path: str) -> RunSet:
-    text = read_experiment_file(experiment_path, RUNS_FILE)
-    if text is None:
-        raise UserError(f"{experiment_path}: no {RUNS_FILE}; not a folder written by tuning/ablate.py or "
-                        "confirm.py (give storage-path/name)")
+    text = read_experiment_file(experiment_path, RUNS_FILE, written_by="tuning/ablate.py or confirm.py")
     return RunSet.from_json(text, source=f"{experiment_path}/{RUNS_FILE}")
 
 

@@ -25,13 +25,10 @@ from types import SimpleNamespace
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from tuning.report import finite
 from tuning.trainable import FAILED
 
 METRIC_FLOOR = -1.0  # every selection metric is a correlation in [-1, 1]; undefined ranks below all
-
-
-def finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class BestValueOptunaSearch(OptunaSearch):
