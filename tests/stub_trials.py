@@ -19,6 +19,11 @@ from ray import tune
 
 from hyperiqa.config import TrainConfig
 
+# How long a probe waits for the others to start. Only a scheduling bug should reach it (the test then
+# fails on its count); generous because starting a Ray worker on a loaded 2-core machine can take tens of
+# seconds, and a probe that gives up early would make the count depend on the machine's speed.
+BARRIER_S = 180
+
 
 def _report(metrics: dict, checkpoint: bool = True) -> None:
     if not checkpoint:
@@ -39,13 +44,13 @@ def _restored_epoch() -> int:
 
 def gpu_probe(config, *, base, space, metric, barrier: str, expected: int, total_memory_gib: float) -> None:
     """Report what this trial's worker sees and what the solver would derive from it, after `expected`
-    trials (this one included) are running at the same time (or 60 s have passed)."""
+    trials (this one included) are running at the same time, or BARRIER_S have passed."""
     from hyperiqa import runtime
 
     cfg = space.config_for(TrainConfig.from_dict(base), config, source="probe")
     folder = Path(barrier)
     (folder / tune.get_context().get_trial_id()).touch()
-    start, deadline = time.time(), time.time() + 60
+    start, deadline = time.time(), time.time() + BARRIER_S
     while len(list(folder.iterdir())) < expected and time.time() < deadline:
         time.sleep(0.2)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
