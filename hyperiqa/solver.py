@@ -69,6 +69,9 @@ class Solver:
             from hyperiqa.models import build_model
 
             model = build_model(cfg)
+        source = getattr(getattr(model, "backbone", None), "weights_source", None)
+        if source:  # where the backbone weights came from, in the run log and each trial's train.log
+            log(f"backbone {cfg.backbone}: {source}")
         self.model = model.to(self.device)
         if self.cuda and cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

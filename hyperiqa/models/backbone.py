@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from hyperiqa.config import ConfigError
+from hyperiqa.models.packaged import PACKAGED, install_hint, load_packaged, packaged_file
 from hyperiqa.utils import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -27,7 +28,10 @@ class Backbone(nn.Module):
                  img_size: int = 224) -> None:
         super().__init__()
         self.name = name
-        self.features = _create(name, pretrained=pretrained and weights is None, img_size=img_size)
+        # Precedence for pretrained = true: a packaged weights file (offline), else timm's hub download.
+        packaged = packaged_file(name) if pretrained and weights is None else None
+        hub = pretrained and weights is None and packaged is None
+        self.features = _create(name, pretrained=hub, img_size=img_size)
         info = self.features.feature_info
         # timm lists a stride-2 stem (resnet's act1) as a feature; HyperIQA's stages start at stride 4.
         self.out_indices = [i for i, r in enumerate(info.reduction()) if r >= 4]
@@ -42,8 +46,15 @@ class Backbone(nn.Module):
         self.std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
         self.frozen_stages = 0
         self._frozen_modules: list[nn.Module] = []
+        self.weights_source = "random init"  # a line for the run log: where the weights came from
         if weights is not None:
             self.load_timm_state_dict(read_state_dict(weights), source=str(weights))
+            self.weights_source = f"weights from {weights}"
+        elif packaged is not None:
+            state, self.weights_source = load_packaged(name, packaged, self.features)
+            self.load_timm_state_dict(state, source=f"{packaged} (package weights)")
+        elif hub:
+            self.weights_source = f"ImageNet weights from timm's hub ({cfg.get('hf_hub_id') or cfg.get('url')})"
 
     def forward(self, x: Tensor) -> list[Tensor]:
         outs = self.features(x)
@@ -142,12 +153,18 @@ def _create(name: str, *, pretrained: bool, img_size: int) -> nn.Module:
         kwargs["img_size"] = img_size  # swin & co. are built for one input size: the patch size
     try:
         return timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs)
-    except OSError as exc:  # download failures (URLError, HTTP errors) are OSErrors
-        raise UserError(f"backbone {name}: cannot load ImageNet weights (pretrained = true): {exc}. "
-                        "Go online, set pretrained: false, or give backbone_weights: PATH") from None
+    except OSError as exc:  # download failures (URLError, HTTP errors, HF's LocalEntryNotFound) are OSErrors
+        fix = install_hint(name) if name in PACKAGED else "go online, set pretrained: false, or give backbone_weights: PATH"
+        raise UserError(f"backbone {name}: cannot download ImageNet weights (pretrained = true): {_first_line(exc)}; "
+                        f"{fix}") from None
     except (RuntimeError, AssertionError, TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(f"backbone = {name!r}: timm cannot build it with features_only=True "
                           f"(img_size={img_size}): {exc}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return lines[0][:200]
 
 
 def _strip(key: str) -> str:
