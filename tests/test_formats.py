@@ -136,3 +136,13 @@ def test_onnx_scores_match_predict_under_onnxruntime(tiny_cfg, tmp_path):
         # here, so 1e-4 relative is ~5e-3 absolute: 100x that rounding, and far below the 1e-1 and larger
         # a missing normalisation or a wrong layer would shift a score by.
         np.testing.assert_allclose(got, ours[:len(batch)], rtol=1e-4, atol=1e-4)
+
+
+def test_export_folder_gets_each_requested_format_once(resnet50_checkpoint, tmp_path):
+    from tuning.export import write_formats
+
+    folder, _, _ = resnet50_checkpoint
+    written = write_formats(folder, ["pyiqa", "original", "pyiqa"], tmp_path)
+    assert [p.name for p in written] == ["hyperiqa_pyiqa.pth", "hyperiqa_original.pkl"]
+    pyiqa_keys = set(torch.load(written[0], weights_only=True)["params"])
+    assert pyiqa_keys == set(pyiqa_hypernet.HyperNet("resnet50").state_dict())

@@ -1,6 +1,6 @@
 """Export a search: best configuration, best-epoch checkpoint, trials table, curves, importance, summary.
 
-    python tuning/export.py EXPERIMENT_PATH [--out DIR] [--cross NAME=ROOT ...]
+    python tuning/export.py EXPERIMENT_PATH [--out DIR] [--cross NAME=ROOT ...] [--format FORMAT ...]
 
 re-exports any finished or interrupted experiment (EXPERIMENT_PATH = storage path / name). The
 folder is built beside its destination and renamed into place, so a reader never sees half of it.
@@ -12,6 +12,11 @@ folder is built beside its destination and renamed into place, so a reader never
     curves.png         the metric per epoch for every trial
     importance.json    Optuna's parameter importance
     summary.md         the above in short, with the best checkpoint's metrics and the cross-dataset table
+
+With --format (repeatable) the best checkpoint is also written for other HyperIQA code (hyperiqa/convert.py):
+original -> hyperiqa_original.pkl (SSL92/hyperIQA's HyperNet), pyiqa -> hyperiqa_pyiqa.pth (pyiqa's
+HyperNet), onnx -> hyperiqa.onnx (the whole scoring path). A checkpoint a format cannot hold is refused
+in one line before anything is replaced.
 
 With --cross NAME=ROOT (or the search's own --cross, saved with it) the exported checkpoint is also
 scored on every image of those datasets (tuning/crosseval.py); the table goes to summary.md and to
@@ -37,6 +42,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from hyperiqa.checkpoint import CONFIG
+from hyperiqa.convert import FILES as FORMAT_FILES
 from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text, run_cli
 from tuning import crosseval, report, tracking
 from tuning.options import absolute, read_experiment_file, write_experiment_file
@@ -62,8 +68,9 @@ def save_plan(plan: Plan) -> None:
 
 
 def export_experiment(experiment_path: str, out_dir: str | None = None, *, cross: list[list[str]] | None = None,
-                      log=print, progress=print) -> ExportResult:
-    """cross: [[name, root], ...] replacing the search's saved --cross; progress: cross-dataset and tracking lines."""
+                      formats: list[str] | tuple = (), log=print, progress=print) -> ExportResult:
+    """cross: [[name, root], ...] replacing the search's saved --cross; formats: FORMAT_FILES keys to write
+    beside checkpoint/; progress: cross-dataset and tracking lines."""
     from ray import tune
 
     plan = load_plan(experiment_path)
@@ -93,6 +100,7 @@ def export_experiment(experiment_path: str, out_dir: str | None = None, *, cross
         metrics, cross_results = {}, []
         if best is not None:
             metrics = _export_best(best, best_row, plan, space, tmp)
+            write_formats(tmp / "checkpoint", formats, tmp)  # before cross-evaluation: a refusal comes fast
             if cross:
                 cross_results = crosseval.evaluate(tmp / "checkpoint", cross, log=progress)
             atomic_write_json(tmp / "metrics.json", {**metrics, **({"cross_dataset": cross_results} if cross else {})})
@@ -129,6 +137,13 @@ def _export_best(best, best_row: report.TrialRow, plan: Plan, space, tmp: Path) 
     cfg = space.config_for(plan.base_config, best.config or {}, source="best trial").portable()
     cfg.save(tmp / "best_config.yaml")
     return {"trial": best_row.trial_id, "params": best.config, "metric": plan.metric, **_plain(ckpt_metrics)}
+
+
+def write_formats(checkpoint: Path, formats, folder: Path) -> list[Path]:
+    """The checkpoint in each requested format, as FORMAT_FILES names it inside `folder`."""
+    from hyperiqa.convert import write_format
+
+    return [write_format(checkpoint, fmt, folder / FORMAT_FILES[fmt]) for fmt in dict.fromkeys(formats)]
 
 
 def _make_portable(path: Path) -> None:
@@ -218,12 +233,14 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment_path", help="the experiment folder: --storage-path/--name of the search")
     parser.add_argument("--out", help="export folder (default: the search's --export-dir)")
+    parser.add_argument("--format", action="append", default=[], choices=list(FORMAT_FILES), dest="formats",
+                        help="also write the best checkpoint in this format (repeatable; README \"The export folder\")")
     parser.add_argument("--cross", action="append", metavar="NAME=ROOT",
                         help="score the exported checkpoint on every image of this dataset (repeatable; replaces "
                              "the search's own --cross for this export)")
     args = parser.parse_args(argv)
     cross = crosseval.parse(args.cross) if args.cross else None
-    result = export_experiment(absolute(args.experiment_path), args.out, cross=cross)
+    result = export_experiment(absolute(args.experiment_path), args.out, cross=cross, formats=args.formats)
     print(report.text_table(result.table))
     if result.cross:
         print("\n" + crosseval.text(result.cross))
