@@ -39,7 +39,8 @@ def refusal(model, patch_size: int, fmt: str) -> str | None:
     arch = model.backbone_name.split(".")[0]
     if fmt == "original" and arch != "resnet50":
         problems.append(f"backbone {model.backbone_name}: the original code builds a torchvision ResNet-50")
-    elif fmt == "pyiqa" and (model.backbone.channels != STAGE_CHANNELS or model.backbone.out_indices != [1, 2, 3, 4]):
+    elif fmt == "pyiqa" and (model.backbone.channels != STAGE_CHANNELS or model.backbone.out_indices != [1, 2, 3, 4]
+                             or model.backbone.reductions != [4, 8, 16, 32]):
         problems.append(f"backbone {model.backbone_name} has stages {model.backbone.channels}: pyiqa's HyperNet drops "
                         f"the first timm feature and sizes its layers for {STAGE_CHANNELS} (ResNet-50-shaped)")
     if model.multiscale:
