@@ -39,6 +39,7 @@ def _varied(model: nn.Module, seed: int) -> nn.Module:
 
 
 def _checkpoint(folder, cfg, seed=0):
+    torch.manual_seed(seed)
     model = _varied(build_model(cfg), seed)
     folder.mkdir()
     cfg.save(folder / "config.yaml")
@@ -131,10 +132,10 @@ def test_onnx_scores_match_predict_under_onnxruntime(tiny_cfg, tmp_path):
     assert np.ptp(ours) > 1e-2
     for batch in (crops[:1], crops):  # the batch dimension is dynamic, down to one crop
         got = session.run(["scores"], {"crops": _to_tensor(batch).numpy()})[0]
-        # ONNX Runtime's convolutions sum in another order than PyTorch's: fp32 rounding (~1e-7 relative
-        # per operation) grows through the backbone to ~1e-6 relative in the features. Scores are ~55
-        # here, so 1e-4 relative is ~5e-3 absolute: 100x that rounding, and far below the 1e-1 and larger
-        # a missing normalisation or a wrong layer would shift a score by.
+        # ONNX Runtime's kernels sum in another order than PyTorch's, so fp32 rounding differs: on this
+        # model about 1e-7 relative in the scores (4e-6 absolute on scores near 56, measured on a 2-core
+        # VM). rtol 1e-4 (~6e-3) leaves a 1000x margin for other CPUs' kernels, yet a graph without the
+        # normalisation misses by ~1 here, and by more with a layer wrong.
         np.testing.assert_allclose(got, ours[:len(batch)], rtol=1e-4, atol=1e-4)
 
 
