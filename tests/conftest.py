@@ -7,7 +7,9 @@ import os
 
 # One intra-op thread, here and in every subprocess a test starts: the tensors are tiny, and on a
 # 2-core machine OpenMP threads that spin against any other load made steps 20x slower.
-os.environ["OMP_NUM_THREADS"] = "1"
+# HYPERIQA_TEST_THREADS=2 runs the suite with another thread count: no test may depend on it.
+THREADS = int(os.environ.get("HYPERIQA_TEST_THREADS", "1"))
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -16,7 +18,7 @@ from PIL import Image, ImageFilter  # noqa: E402
 
 from hyperiqa.config import TrainConfig  # noqa: E402
 
-torch.set_num_threads(1)
+torch.set_num_threads(THREADS)
 
 TINY_GROUPS, TINY_LEVELS, TINY_SIZE = 6, 4, 48
 
