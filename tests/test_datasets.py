@@ -282,7 +282,7 @@ def test_demo_generates_into_cache_dir_and_reads_labels(tmp_path, monkeypatch):
 
 def test_registry_and_root_errors(tmp_path):
     assert set(DATASETS) == {"koniq10k", "livec", "bid", "live", "csiq", "tid2013", "kadid10k", "spaq",
-                             "csv", "demo"}
+                             "csv", "demo", "photos"}
     with pytest.raises(DatasetError, match="unknown dataset 'koniq'; allowed: koniq10k, livec"):
         load_dataset("koniq", str(tmp_path))
     with pytest.raises(DatasetError, match=f"csiq: data root {tmp_path / 'nope'} does not exist"):

@@ -13,6 +13,7 @@ from hyperiqa.config import TrainConfig
 from hyperiqa.data.readers.authentic import read_bid, read_koniq10k, read_livec, read_spaq
 from hyperiqa.data.readers.base import DatasetError, DatasetSpec, Record, missing_files, require_dir
 from hyperiqa.data.readers.generic import read_csv_dataset, read_demo
+from hyperiqa.data.readers.photos import read_photos
 from hyperiqa.data.readers.synthetic import read_csiq, read_kadid10k, read_live, read_tid2013
 from hyperiqa.utils import default_cache_dir
 
@@ -30,15 +31,18 @@ DATASETS: dict[str, Callable[[Path, dict], DatasetSpec]] = {
     "spaq": read_spaq,
     "csv": read_csv_dataset,
     "demo": read_demo,
+    "photos": read_photos,
 }
 
 DEMO_FOLDER = "demo-v1"  # bump when the demo generator changes, so old caches are not reused
+# the datasets generated on first use: no data root needed, and the folder they go to under the cache dir
+GENERATED = {"demo": DEMO_FOLDER, "photos": "photos-v1"}
 MISSING_LISTED = 5
 
 
 def load_dataset(name: str, root: str | None, options: dict | None = None, *, cache_dir: Path | None = None,
                  check_files: bool = True) -> DatasetSpec:
-    """Read dataset `name` from folder `root` (None only for the demo, generated under cache_dir).
+    """Read dataset `name` from folder `root` (None only for a GENERATED one, made under cache_dir).
 
     With check_files, every image must exist: otherwise one DatasetError counts the missing files
     and lists the first few.
@@ -47,11 +51,11 @@ def load_dataset(name: str, root: str | None, options: dict | None = None, *, ca
     if reader is None:
         raise DatasetError(f"unknown dataset '{name}'; allowed: {', '.join(DATASETS)}")
     if root is None:
-        if name != "demo":
+        if name not in GENERATED:
             raise DatasetError(f"{name}: no data root given; set data_root (--data-root) to the dataset folder")
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        root_path = folder.expanduser().resolve() / DEMO_FOLDER
-    elif name == "demo":  # generated on first use, so the folder need not exist yet
+        root_path = folder.expanduser().resolve() / GENERATED[name]
+    elif name in GENERATED:  # generated on first use, so the folder need not exist yet
         root_path = Path(root).expanduser().resolve()
     else:
         root_path = require_dir(name, Path(root).expanduser().resolve(), "data root")
