@@ -20,6 +20,14 @@ from hyperiqa.config import TrainConfig  # noqa: E402
 
 torch.set_num_threads(THREADS)
 
+
+@pytest.fixture(autouse=True)
+def _suite_threads():
+    """Every test starts at the suite's thread count: a Solver with cfg.num_threads changes the process's
+    count, and a later test comparing with a subprocess (which starts at OMP_NUM_THREADS) would then
+    compare runs made with different reduction orders."""
+    torch.set_num_threads(THREADS)
+
 TINY_GROUPS, TINY_LEVELS, TINY_SIZE = 6, 4, 48
 
 
