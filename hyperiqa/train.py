@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from hyperiqa import checkpoint as ckpt
-from hyperiqa.config import TrainConfig, demo_config
+from hyperiqa.config import PRESETS, TrainConfig
 from hyperiqa.utils import UserError, atomic_write_text, run_cli
 
 
@@ -21,9 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hyperiqa.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="FILE", help="TrainConfig as YAML or JSON (default: the paper's defaults; "
-                   "with no --config and --dataset demo or none, the small offline demo config)")
+                   "with no --config: the demo's config for --dataset demo or none, photos_config() for --dataset photos)")
     p.add_argument("--dataset", metavar="NAME", help="dataset reader (koniq10k, livec, bid, live, csiq, tid2013, "
-                   "kadid10k, spaq, csv, demo); overrides the config's dataset")
+                   "kadid10k, spaq, csv, demo, photos); overrides the config's dataset")
     p.add_argument("--data-root", metavar="DIR", help="dataset folder; overrides the config's data_root")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one TrainConfig field (repeatable), e.g. --set backbone_lr=1e-4")
@@ -42,8 +42,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         cfg = TrainConfig.load(Path(args.out) / ckpt.CONFIG)
     elif args.config:
         cfg = TrainConfig.load(args.config)
-    elif args.dataset in (None, "demo"):
-        cfg = demo_config()
+    elif args.dataset is None or args.dataset in PRESETS:
+        cfg = PRESETS[args.dataset or "demo"]()
     else:
         cfg = TrainConfig()
     changes = {}

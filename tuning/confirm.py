@@ -4,8 +4,8 @@
     python tuning/search.py ... --confirm 3        # the same, on the search's top 3 trials, after its export
 
 The best of many trials picked on one validation split is optimistic until it is confirmed on other
-splits. Every configuration (the inputs and a baseline: the paper's configuration, or demo_config() on
-the demo) is trained at full budget on the same K splits with the same training seed per split, so
+splits. Every configuration (the inputs and a baseline: the paper's configuration, or the preset of
+demo and photos) is trained at full budget on the same K splits with the same training seed per split, so
 split k is a paired comparison. Splits are fresh: seeds 1, 2, ... skipping any input's own split seed
 (a search's split seed is its --seed), so no configuration is judged on the split it was selected on.
 Reported under two protocols (see tuning/confirm_report.py): honest (epoch picked on val) and
@@ -26,7 +26,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from hyperiqa.config import TrainConfig, demo_config, parse_assignments
+from hyperiqa.config import PRESETS, TrainConfig, parse_assignments
 from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text, run_cli
 from tuning import confirm_report as cr
 from tuning.options import absolute, add_cluster_flags, add_resource_flags
@@ -106,10 +106,12 @@ def load_input(path: str) -> Candidate:
 
 
 def baseline_for(cfg: TrainConfig) -> Candidate:
-    """The paper's configuration (TrainConfig defaults) or demo_config() on the demo, on cfg's data."""
+    """The paper's configuration (TrainConfig defaults), or the preset of a preset dataset (demo_config(),
+    photos_config()), on cfg's data."""
     data = {f: getattr(cfg, f) for f in DATA_FIELDS}
-    if cfg.dataset == "demo":
-        return Candidate("baseline (demo_config)", "demo_config()", demo_config(**data))
+    if cfg.dataset in PRESETS:
+        preset = PRESETS[cfg.dataset]
+        return Candidate(f"baseline ({preset.__name__})", f"{preset.__name__}()", preset(**data))
     base = TrainConfig.from_dict(data, source="baseline")
     if cfg.backbone_weights and cfg.backbone == base.backbone:  # offline machines: the same local weights
         base = base.replace(backbone_weights=cfg.backbone_weights)

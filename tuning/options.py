@@ -10,11 +10,11 @@ import argparse
 import math
 from pathlib import Path
 
-from hyperiqa.config import TrainConfig, demo_config
+from hyperiqa.config import PRESETS, TrainConfig
 from hyperiqa.utils import UserError, atomic_write_text
 
 PATH_FIELDS = ("data_root", "split_file", "backbone_weights", "cache_dir")
-DATASETS_HELP = "koniq10k, livec, bid, live, csiq, tid2013, kadid10k, spaq, csv, demo"
+DATASETS_HELP = "koniq10k, livec, bid, live, csiq, tid2013, kadid10k, spaq, csv, demo, photos"
 
 
 def add_resource_flags(p: argparse.ArgumentParser, unit: str = "trial") -> None:
@@ -91,9 +91,9 @@ def check_name(name: str) -> str:
 
 
 def base_config(args) -> TrainConfig:
-    """demo_config() for the demo dataset (CPU-sized), the paper defaults otherwise; then --set."""
-    if args.dataset == "demo":
-        base = demo_config(**({"data_root": args.data_root} if args.data_root else {}))
+    """The dataset's preset (demo_config(), photos_config(): CPU-sized), the paper defaults otherwise; then --set."""
+    if args.dataset in PRESETS:
+        base = PRESETS[args.dataset](**({"data_root": args.data_root} if args.data_root else {}))
     else:
         if not args.data_root:
             raise UserError(f"--dataset {args.dataset}: --data-root (the dataset folder) is required")

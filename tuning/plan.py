@@ -33,6 +33,23 @@ DEMO_MAX_EPOCHS = 12
 # ASHA with a grace period of 1 stopped it there. So the demo's first rung is at epoch 4 (two of
 # demo_config()'s epochs). Other datasets (pretrained backbones; not measured here) keep max_epochs // 8.
 DEMO_GRACE_PERIOD = 4
+# The photos miniature (photos_config(): pretrained EfficientNet-Lite0, paper optimisation): sized so
+# that the no-argument search fits 20 minutes on 2 cores; search_spaces/photos.yaml says how.
+PHOTOS_MAX_EPOCHS, PHOTOS_GRACE_PERIOD = 8, 2
+
+
+@dataclass(frozen=True)
+class PresetSearch:
+    """What a search on a preset dataset (config.PRESETS) defaults to."""
+
+    space: str
+    max_epochs: int
+    grace_period: int
+    num_samples: int
+
+
+PRESET_SEARCHES = {"demo": PresetSearch("demo", DEMO_MAX_EPOCHS, DEMO_GRACE_PERIOD, 8),
+                   "photos": PresetSearch("photos", PHOTOS_MAX_EPOCHS, PHOTOS_GRACE_PERIOD, 8)}
 
 
 @dataclass(frozen=True)
@@ -86,13 +103,14 @@ class Plan:
 
 def make_plan(args) -> Plan:
     """Validate the flags of a new search (args: the argparse namespace of tuning/search.py)."""
-    space_file = load_space(args.space or ("demo" if args.dataset == "demo" else "default"))
     base = base_config(args)
+    preset = PRESET_SEARCHES.get(base.dataset)
+    space_file = load_space(args.space or (preset.space if preset else "default"))
     if args.metric.startswith("test_") and "val_fraction" not in parse_assignments(args.set or []):
         # The paper's protocol picks the epoch on the test split and trains on everything else: a
         # validation split nobody selects on would only take training images away.
         base = base.replace(val_fraction=0.0)
-    max_epochs = args.max_epochs or (DEMO_MAX_EPOCHS if base.dataset == "demo" else base.epochs)
+    max_epochs = args.max_epochs or (preset.max_epochs if preset else base.epochs)
     patience = base.patience if args.patience is None and base.patience else args.patience
     if patience is None:
         patience = max(3, max_epochs // 4)
@@ -102,17 +120,17 @@ def make_plan(args) -> Plan:
     for i, point in enumerate(space_file.start):
         space_file.config_for(base, point, source=f"{space_file.source}: start[{i}] with the base configuration")
     space_file.config_for(base, {}, source=f"{space_file.source}: fixed values with the base configuration")
-    default_grace = min(DEMO_GRACE_PERIOD, max_epochs) if base.dataset == "demo" else max(1, max_epochs // 8)
+    default_grace = min(preset.grace_period, max_epochs) if preset else max(1, max_epochs // 8)
     grace = args.grace_period or default_grace
     _check_schedule(max_epochs, grace, args.reduction_factor, args.num_samples)
     tracked = tracking.plan_fields(args)
     cross_sets = crosseval.parse(args.cross)
     crosseval.check(cross_sets, base.cache_dir)
-    check_dataset(base)  # last: for the demo this generates the images
+    check_dataset(base)  # last: for the demo and photos this generates the images
     name = check_name(args.name or f"{base.dataset}-{Path(space_file.source).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     storage = absolute(args.storage_path)
     export_dir = absolute(args.export_dir or str(Path("exports") / name))
-    num_samples = args.num_samples or (8 if base.dataset == "demo" else 32)
+    num_samples = args.num_samples or (preset.num_samples if preset else 32)
     raw_space = _raw_space(space_file)
     return Plan(base.to_dict(), raw_space, space_file.source, args.metric, args.searcher, args.seed, num_samples,
                 max_epochs, grace, args.reduction_factor, gpus, gpus_per_trial, cpus_per_trial, storage, name,
@@ -136,8 +154,11 @@ def _raw_space(space: SearchSpace) -> dict[str, Any]:
 
 def describe_defaults() -> dict[str, str]:
     """Help texts for flags whose default depends on the dataset."""
-    return {"space": "demo for --dataset demo, default otherwise",
-            "num_samples": "8 for the demo, 32 otherwise",
-            "max_epochs": f"{DEMO_MAX_EPOCHS} for the demo, else the base configuration's epochs (16 unless --set)",
-            "grace_period": f"{DEMO_GRACE_PERIOD} for the demo, else max(1, max_epochs // 8)",
+    def each(field: str) -> str:
+        return ", ".join(f"{getattr(p, field)} for {name}" for name, p in PRESET_SEARCHES.items())
+
+    return {"space": f"search_spaces/<dataset>.yaml for {' and '.join(PRESET_SEARCHES)}, default otherwise",
+            "num_samples": f"{each('num_samples')}, 32 otherwise",
+            "max_epochs": f"{each('max_epochs')}, else the base configuration's epochs (16 unless --set)",
+            "grace_period": f"{each('grace_period')}, else max(1, max_epochs // 8)",
             "patience": "the base configuration's patience if set (--set patience=N), else max(3, max_epochs // 4)"}
