@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from hyperiqa.config import TrainConfig
-from hyperiqa.data.datasets import DATASETS, DatasetError, DatasetSpec, load_dataset, missing_files
+from hyperiqa.data.datasets import DATASETS, GENERATED, DatasetError, DatasetSpec, load_dataset, missing_files
 from hyperiqa.data.splits import make_split
 from hyperiqa.utils import run_cli
 
@@ -23,11 +23,11 @@ LISTED = 10
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m hyperiqa.data", description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
-    parser.add_argument("--data-root", default=None, help="dataset folder (not needed for demo)")
+    parser.add_argument("--data-root", default=None, help=f"dataset folder (not needed for {' and '.join(GENERATED)})")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="reader option, e.g. --option csv=labels.csv (repeatable)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the random split shown (default 0)")
-    parser.add_argument("--cache-dir", default=None, help="where the demo dataset is generated")
+    parser.add_argument("--cache-dir", default=None, help=f"where {' and '.join(GENERATED)} are generated (default $HYPERIQA_CACHE or ~/.cache/hyperiqa)")
     parser.add_argument("--verify-images", action="store_true", help="open every image with PIL")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args(argv)
