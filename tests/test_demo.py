@@ -8,6 +8,7 @@ import pytest
 
 from hyperiqa.data import demo
 from hyperiqa.data.demo import DISTORTIONS, NUM_REFERENCES, ensure_demo_dataset
+from hyperiqa.data.generated import MARKER
 
 PER_REFERENCE = 1 + sum(len(strengths) for strengths, _ in DISTORTIONS.values())
 
@@ -64,10 +65,10 @@ def test_generated_once_and_half_written_folder_redone(tmp_path, monkeypatch):
         t.start()
     for t in threads:
         t.join()
-    assert len(calls) == 1 and (root / demo.MARKER).is_file()
+    assert len(calls) == 1 and (root / MARKER).is_file()
     ensure_demo_dataset(root)
     assert len(calls) == 1  # complete: not generated again
-    (root / demo.MARKER).unlink()  # as if a generator had died before finishing
+    (root / MARKER).unlink()  # as if a generator had died before finishing
     (root / "ref00_blur1.png").unlink()
     ensure_demo_dataset(root)
     assert len(calls) == 2 and (root / "ref00_blur1.png").is_file()

@@ -14,9 +14,9 @@ import io
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 from PIL import Image, ImageDraw, ImageFilter
 
+from hyperiqa.data.generated import ensure_generated
 from hyperiqa.utils import atomic_write_text
 
 VERSION = "hyperiqa-demo-1"  # change when the generator changes: existing folders are regenerated
@@ -34,28 +34,11 @@ DISTORTIONS = {
 REFERENCE_OFFSET = 4.0  # per-reference label offset, uniform in +-this: contents differ a little in quality
 SPECTRUM_SLOPE = (0.9, 1.3)  # amplitude ~ 1/f^a; natural scenes have a close to 1
 REFERENCE_QUALITY = 92.0
-MARKER = ".complete"
 
 
 def ensure_demo_dataset(root: str | Path) -> Path:
     """Generate the demo under `root` unless a complete copy is there; concurrent callers generate once."""
-    root = Path(root).expanduser().resolve()
-    if _is_complete(root):
-        return root
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".lock")):
-        if not _is_complete(root):  # a half-written folder (no marker) is simply written again
-            (root / MARKER).unlink(missing_ok=True)
-            _generate(root)
-            atomic_write_text(root / MARKER, VERSION + "\n")  # last: its presence means complete
-    return root
-
-
-def _is_complete(root: Path) -> bool:
-    try:
-        return (root / MARKER).read_text().strip() == VERSION
-    except OSError:
-        return False
+    return ensure_generated(root, VERSION, lambda folder: _generate(folder))  # looked up late: tests patch it
 
 
 def _generate(root: Path, references: int = NUM_REFERENCES) -> None:

@@ -18,9 +18,9 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 from PIL import Image, ImageEnhance, ImageFilter
 
+from hyperiqa.data.generated import ensure_generated, is_complete
 from hyperiqa.data.readers.base import DatasetError
 from hyperiqa.utils import atomic_write_text
 
@@ -28,7 +28,6 @@ VERSION = "hyperiqa-photos-1"  # change when the generator changes: existing fol
 SIZE = 192        # crop side: fits 128-px patches, and MS-SSIM-style metrics need > 160
 WORK_SIDE = 384   # larger photos are shrunk to this short side first, so a crop shows a scene, not a detail
 SEED = 20260517
-MARKER = ".complete"
 EXTRA = "pip install 'hyperiqa-tune[photos]'"
 # import name -> distribution, for the error message; piq computes the labels, the rest ship photos
 PACKAGES = {"skimage": "scikit-image", "sklearn": "scikit-learn", "pywt": "PyWavelets", "mahotas": "mahotas",
@@ -81,24 +80,9 @@ PHOTOS = (
 
 def ensure_photos_dataset(root: str | Path) -> Path:
     """Generate the dataset under `root` unless a complete copy is there; concurrent callers generate once."""
-    root = Path(root).expanduser().resolve()
-    if _is_complete(root):
-        return root
-    require_packages()  # before creating anything: a missing package leaves no empty folder behind
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".lock")):
-        if not _is_complete(root):  # a half-written folder (no marker) is simply written again
-            (root / MARKER).unlink(missing_ok=True)
-            generate(root)
-            atomic_write_text(root / MARKER, VERSION + "\n")  # last: its presence means complete
-    return root
-
-
-def _is_complete(root: Path) -> bool:
-    try:
-        return (root / MARKER).read_text().strip() == VERSION
-    except OSError:
-        return False
+    if not is_complete(Path(root).expanduser().resolve(), VERSION):
+        require_packages()  # before creating anything: a missing package leaves no empty folder behind
+    return ensure_generated(root, VERSION, generate)
 
 
 def require_packages() -> None:
