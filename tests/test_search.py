@@ -165,9 +165,12 @@ def test_export_folder_is_complete(search):
 def test_reexport_from_the_experiment_path(search, tmp_path):
     from tuning.export import export_experiment
 
-    result = export_experiment(str(search["experiment"]), str(tmp_path / "again"), log=lambda *a: None)
+    result = export_experiment(str(search["experiment"]), str(tmp_path / "again"), log=lambda *a: None,
+                               formats=["onnx"])
     assert (tmp_path / "again" / "trials.csv").read_text() == (search["export"] / "trials.csv").read_text()
     assert result.best is not None
+    assert (tmp_path / "again" / "hyperiqa.onnx").is_file()
+    assert "importance.json, hyperiqa.onnx." in (tmp_path / "again" / "summary.md").read_text()
 
 
 def test_cli_mistakes_are_one_line_and_exit_2(tmp_path):

@@ -97,14 +97,15 @@ def export_experiment(experiment_path: str, out_dir: str | None = None, *, cross
         _write_trials_csv(tmp / "trials.csv", entries)
         report.plot_curves(rows, plan.metric, best_row.trial_id if best_row else None, tmp / "curves.png")
         atomic_write_json(tmp / "importance.json", report.importance(rows, space.distributions(), first_rung=plan.grace_period))
-        metrics, cross_results = {}, []
+        metrics, cross_results, written = {}, [], []
         if best is not None:
             metrics = _export_best(best, best_row, plan, space, tmp)
-            write_formats(tmp / "checkpoint", formats, tmp)  # before cross-evaluation: a refusal comes fast
+            written = write_formats(tmp / "checkpoint", formats, tmp)  # before cross-evaluation: a refusal comes fast
             if cross:
                 cross_results = crosseval.evaluate(tmp / "checkpoint", cross, log=progress)
             atomic_write_json(tmp / "metrics.json", {**metrics, **({"cross_dataset": cross_results} if cross else {})})
-        atomic_write_text(tmp / "summary.md", _summary(plan, rows, best_row, entries, metrics, cross_results))
+        atomic_write_text(tmp / "summary.md", _summary(plan, rows, best_row, entries, metrics, cross_results,
+                                                       [p.name for p in written]))
     log(f"export: {target}")
     tracking.tag_mlflow_runs(plan, rows, best_row.trial_id if best_row else None, log=progress)
     return ExportResult(target, rows, best_row, entries, cross_results)
@@ -166,7 +167,7 @@ def _write_trials_csv(path: Path, entries: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _summary(plan: Plan, rows, best_row, entries, metrics: dict, cross: list[dict]) -> str:
+def _summary(plan: Plan, rows, best_row, entries, metrics: dict, cross: list[dict], formats: list[str]) -> str:
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.ended] = counts.get(row.ended, 0) + 1
@@ -182,7 +183,7 @@ def _summary(plan: Plan, rows, best_row, entries, metrics: dict, cross: list[dic
     lines += ["", "```", report.text_table(entries), "```", ""]
     lines += _metrics_table(metrics) + crosseval.markdown(cross)
     lines += ["Files: best_config.yaml, checkpoint/ (best epoch of the best trial), metrics.json, trials.csv, "
-              "curves.png, importance.json.", ""]
+              "curves.png, importance.json" + "".join(f", {name}" for name in formats) + ".", ""]
     if plan.metric.startswith("test_"):
         lines.insert(2, "**Selected on the TEST split: the reported test score is optimistic.**\n")
     return "\n".join(lines)

@@ -32,7 +32,7 @@ def add_resource_flags(p: argparse.ArgumentParser, unit: str = "trial") -> None:
 def add_data_flags(p: argparse.ArgumentParser, title: str, set_help: str) -> argparse._ArgumentGroup:
     g = p.add_argument_group(title)
     g.add_argument("--dataset", default="demo", help=f"dataset reader: {DATASETS_HELP} (default demo)")
-    g.add_argument("--data-root", metavar="DIR", help="dataset folder (not needed for the demo)")
+    g.add_argument("--data-root", metavar="DIR", help=f"dataset folder (not needed for {' and '.join(PRESETS)})")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     return g
 
