@@ -9,6 +9,8 @@ import os
 # 2-core machine OpenMP threads that spin against any other load made steps 20x slower.
 # HYPERIQA_TEST_THREADS=2 runs the suite with another thread count: no test may depend on it.
 THREADS = int(os.environ.get("HYPERIQA_TEST_THREADS", "1"))
+# No test downloads: a backbone that tried to reach the Hugging Face hub fails at once instead of waiting.
+os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 import numpy as np  # noqa: E402
