@@ -130,8 +130,8 @@ def _snapshot_has_checkpoint(experiment: Path, lr: str) -> bool:
 
 
 def run_scripted_search(tmp_path, tiny_dataset, tiny_cache_dir, curves: dict, name: str) -> Path:
-    """A 3-epoch search without early stopping whose trials follow `curves`; returns the experiment path."""
-    argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, name, "--max-epochs", "3", "--grace-period", "3")
+    """A 4-epoch search without early stopping whose trials follow `curves`; returns the experiment path."""
+    argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, name, "--max-epochs", "4", "--grace-period", "4")
     try:
         assert search.main(argv, trial_fn=functools.partial(scripted, curves=curves)) == 0
     finally:
@@ -141,7 +141,8 @@ def run_scripted_search(tmp_path, tiny_dataset, tiny_cache_dir, curves: dict, na
 
 def test_diverged_trials_rank_by_their_best_finite_epoch_and_optuna_learns_best_values(
         tiny_dataset, tiny_cache_dir, tmp_path, capsys):
-    curves = {repr(1e-3): [0.5, 0.8, 0.6], repr(1e-4): [0.6, 0.9, math.nan], repr(1e-5): [0.4, math.nan]}
+    # 1e-3 also has the original's shape (best at epoch 1, then falling): the only trial with 4 epochs.
+    curves = {repr(1e-3): [0.8, 0.7, 0.65, 0.6], repr(1e-4): [0.6, 0.9, math.nan], repr(1e-5): [0.4, math.nan]}
     experiment = run_scripted_search(tmp_path, tiny_dataset, tiny_cache_dir, curves, "mixed")
     ids = trial_ids_by_lr(experiment)
     trials = rows(tmp_path / "export")
@@ -154,7 +155,14 @@ def test_diverged_trials_rank_by_their_best_finite_epoch_and_optuna_learns_best_
     states = {lr: by_number[i].state for i, lr in enumerate(curves)}
     assert values[repr(1e-3)] == 0.8  # its best, not its last (0.6)
     assert states[repr(1e-4)] == states[repr(1e-5)] == optuna.trial.TrialState.PRUNED
-    assert "diverged at epoch 3" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "diverged at epoch 3" in out
+    # The early peak: flagged for that trial only (the others ran fewer than 4 epochs), and it is 1 of 1.
+    assert [trials[ids[k]]["early_peak"] for k in curves] == ["true", "false", "false"]
+    assert "warning: Early peak, then decline in 1 of the 1 trials" in out
+    summary = (tmp_path / "export" / "summary.md").read_text()
+    assert f"- trial {ids[repr(1e-3)]}: early peak, then decline: val_srcc 0.8000 at epoch 1 of 4" in summary
+    assert "> **Warning:** Early peak, then decline in 1 of the 1 trials" in summary
 
 
 def test_a_search_in_which_every_trial_diverges_exports_its_best_finite_epoch(tiny_dataset, tiny_cache_dir,

@@ -180,6 +180,9 @@ def _summary(plan: Plan, rows, best_row, entries, metrics: dict, cross: list[dic
         lines.append(f"- best: trial {best_row.trial_id}, {plan.metric} {best_row.best:.4f} at epoch "
                      f"{best_row.best_epoch}; params {best_row.params}")
     lines += [f"- trial {r.trial_id} ({r.ended}): {r.message}" for r in rows if r.message]
+    lines += report.early_peak_lines(rows, plan.metric)
+    warning = report.early_peak_warning(rows, plan.metric)
+    lines += ["", f"> **Warning:** {warning}"] if warning else []
     lines += ["", "```", report.text_table(entries), "```", ""]
     lines += _metrics_table(metrics) + crosseval.markdown(cross)
     lines += ["Files: best_config.yaml, checkpoint/ (best epoch of the best trial), metrics.json, trials.csv, "

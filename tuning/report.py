@@ -10,6 +10,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuning.ablation_stats import MIN_DROP, peak
+
 # How a trial ended (trials.csv "ended" column).
 COMPLETED, ASHA, DECLINE, DIVERGED, ERROR = "completed", "stopped by ASHA", "stopped for decline", "diverged", "error"
 FAILED = "failed to start"  # its data, cache or configuration was refused on its node (see `message`)
@@ -76,9 +78,59 @@ def table(rows: list[TrialRow], metric: str, param_names: list[str], first: str 
         entry.update({name: row.params.get(name, "") for name in param_names})
         entry.update({f"best_{metric}": _num(row.best), "best_epoch": row.best_epoch or "",
                       f"last_{metric}": _num(row.last), "epochs_run": row.epochs_run, "ended": row.ended,
-                      "message": row.message})
+                      "early_peak": str(early_peak(row.curve)).lower(), "message": row.message})
         out.append(entry)
     return out
+
+
+# "Best in the first quarter of its epochs" needs a quarter of at least one epoch, and "then fell" at least
+# three epochs after it: an ASHA-stopped trial with 2 epochs cannot show the symptom.
+EARLY_PEAK_MIN_EPOCHS = 4
+
+
+def early_peak(curve: list[tuple[int, float]]) -> bool:
+    """Whether one trial's curve shows the original HyperIQA's symptom: its score is best early, then falls.
+
+    True when the trial ran at least EARLY_PEAK_MIN_EPOCHS epochs, its peak (the first epoch reaching its
+    highest finite value, as the ablation reads a run) lies in the first quarter of the epochs it ran, and
+    its last value is more than the ablation's MIN_DROP below that peak: tuning/ablation_stats.py's decline
+    rule on one curve (the part that compares the drop with the seed-to-seed spread needs several seeds).
+    The quarter is of the epochs it ran, not of the planned maximum: a trial stopped at epoch 4 of 12 with
+    its best at epoch 3 peaked late in what it showed, and one epoch of falling after it is noise. A curve
+    whose last value is not finite diverged: that is its own ending, reported as such, not this symptom.
+    """
+    if not curve or curve[-1][0] < EARLY_PEAK_MIN_EPOCHS:
+        return False
+    epochs, values = [e for e, _ in curve], [v for _, v in curve]
+    peak_epoch, top = peak(epochs, values)
+    final = values[-1]
+    return peak_epoch is not None and peak_epoch <= epochs[-1] / 4 and math.isfinite(final) and top - final > MIN_DROP
+
+
+def early_peak_lines(rows: list[TrialRow], metric: str) -> list[str]:
+    """One markdown line per trial that early_peak flags."""
+    lines = []
+    for row in rows:
+        if early_peak(row.curve):
+            epoch, top = peak([e for e, _ in row.curve], [v for _, v in row.curve])
+            lines.append(f"- trial {row.trial_id}: early peak, then decline: {metric} {top:.4f} at epoch {epoch} "
+                         f"of {row.epochs_run}, {row.last:.4f} at the last")
+    return lines
+
+
+def early_peak_warning(rows: list[TrialRow], metric: str) -> str:
+    """A paragraph when most trials (more than half of those with EARLY_PEAK_MIN_EPOCHS epochs or more) show
+    early_peak; "" otherwise. summary.md highlights it and the search prints it at the end."""
+    eligible = [r for r in rows if r.epochs_run >= EARLY_PEAK_MIN_EPOCHS]
+    flagged = sum(early_peak(r.curve) for r in eligible)
+    if not eligible or 2 * flagged <= len(eligible):
+        return ""
+    return (f"Early peak, then decline in {flagged} of the {len(eligible)} trials that ran {EARLY_PEAK_MIN_EPOCHS} "
+            f"epochs or more: their {metric} was best in the first quarter of their epochs and fell by more than "
+            f"{MIN_DROP:g} by the last. This is the symptom this project was built to diagnose (the original "
+            "HyperIQA's test SRCC peaks after epoch 1 and then falls while train SRCC rises). Try the fixed solver "
+            "(legacy: []), a lower learning rate or weight decay; see docs/original-defects.md, and measure which "
+            "defect causes it with the ablation: python tuning/ablate.py")
 
 
 def text_table(entries: list[dict[str, Any]], hide: tuple[str, ...] = ("message",)) -> str:

@@ -150,6 +150,7 @@ def _print_summary(plan, result, minutes: float) -> None:
     if diverged and diverged == len(result.rows):
         print("\nevery trial diverged (non-finite training loss); the export holds the best epoch before "
               "divergence. Lower the learning rates (backbone_lr, lr_ratio) or set grad_clip.")
+    _print_early_peak(result.rows, plan.metric)
     if unfinished:
         storage, name = plan.experiment_path.rsplit("/", 1)
         print(f"\ncontinue it with: python tuning/search.py --resume --storage-path {storage} --name {name}")
@@ -164,6 +165,15 @@ def _print_summary(plan, result, minutes: float) -> None:
           f"  python -m hyperiqa.predict --checkpoint {out}/checkpoint IMAGE_OR_FOLDER  # score your images\n"
           f"  python -m hyperiqa.train --config {out}/best_config.yaml                  # retrain the best setting\n"
           f"  python tuning/export.py {plan.experiment_path}   # re-export; --resume continues an interrupted search")
+
+
+def _print_early_peak(rows, metric: str) -> None:
+    """The summary.md paragraph on the original's symptom, when most trials show it."""
+    from tuning import report
+
+    warning = report.early_peak_warning(rows, metric)
+    if warning:
+        print(f"\nwarning: {warning}")
 
 
 if __name__ == "__main__":
