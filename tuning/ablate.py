@@ -104,9 +104,10 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
 
     launch.start_ray(args.address, args.dashboard_host, args.dashboard_port)
     start = time.monotonic()
-    curves = runner.execute(runset, resume=args.resume, **({"fn": trial_fn} if trial_fn else {}))
-    print(f"\nablation finished after {(time.monotonic() - start) / 60:.1f} min")
-    return finish(runset, curves, args.out)
+    curves, interrupted = runner.execute(runset, resume=args.resume, **({"fn": trial_fn} if trial_fn else {}))
+    print(f"\nablation {'interrupted' if interrupted else 'finished'} after {(time.monotonic() - start) / 60:.1f} min")
+    code = finish(runset, curves, args.out)
+    return 130 if interrupted else code  # Ctrl-C: the partial folder is written, the shell still sees the stop
 
 
 def ablation_base(args) -> TrainConfig:
@@ -191,9 +192,7 @@ def finish(runset, curves: dict, out: str | None) -> int:
     print("\n" + text_table(stats) + "\n\n" + text.replace("**", "") + f"\n\nresults: {out_dir}")
     missing = [r["id"] for r in runset.runs if not curves.get(r["id"])]
     if missing or any(s.incomplete for s in stats):
-        storage, name = runset.experiment_path.rsplit("/", 1)
-        print(f"some runs are unfinished; continue with: python tuning/ablate.py --resume --storage-path {storage} "
-              f"--name {name}")
+        print(f"some runs are unfinished; continue with: {options.resume_command('ablate.py', runset.experiment_path)}")
     return 0
 
 
