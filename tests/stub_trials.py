@@ -81,3 +81,11 @@ def scripted(config, *, base, space, metric, curves: dict, pause_dir: str | None
         if pause.get(repr(config["backbone_lr"])) == epoch:
             while not (Path(pause_dir) / "resumed").exists():
                 time.sleep(0.2)
+
+
+def failing(config, *, base, space, metric) -> None:
+    """End at once as tuning/trainable.run_trial ends a trial whose data or configuration its node refused."""
+    from tuning.trainable import FAILED
+
+    tune.report({"epoch": 0, metric: math.nan, "status": FAILED,
+                 "message": f"node test: backbone_lr {config['backbone_lr']!r}: refused by the stub"})

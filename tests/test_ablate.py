@@ -180,7 +180,8 @@ def test_ablation_end_to_end_paired_splits_and_folder(tiny_dataset, tiny_cache_d
                           timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "out"
-    assert {p.name for p in out.iterdir()} == {"curves.png", "table.csv", "table.md", "runs.csv", "summary.md"}
+    assert {p.name for p in out.iterdir()} == {"curves.png", "table.csv", "table.md", "runs.csv", "summary.md",
+                                              ".hyperiqa-export"}
     assert f"results: {out}" in proc.stdout
     with open(out / "runs.csv") as fh:
         raw = list(csv.DictReader(fh))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import pytest
 
+from hyperiqa.utils import UserError
 from tuning import report
 from tuning.export import _staging, _write_trials_csv
 from tuning.space import parse_space
@@ -115,8 +117,76 @@ def test_staging_replaces_the_folder_only_on_success(tmp_path):
     assert (target / "a.txt").read_text() == "one"
     with _staging(target) as tmp:
         (tmp / "b.txt").write_text("two")
-    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in target.iterdir()) == [MARKER, "b.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no temporary folders left behind
+
+
+MARKER = ".hyperiqa-export"  # the file that makes a folder an export's own (README "The export folder")
+
+
+def _export_into(target, experiment=None) -> None:
+    with _staging(target, experiment) as tmp:
+        (tmp / "summary.md").write_text("new")
+
+
+def test_staging_uses_an_empty_folder_and_then_replaces_only_its_own(tmp_path):
+    target = tmp_path / "export"
+    target.mkdir()
+    _export_into(target)
+    assert (target / MARKER).is_file() and (target / "summary.md").read_text() == "new"
+    (target / "summary.md").write_text("old")
+    _export_into(target)  # an export folder written earlier: replaced whole
+    assert (target / "summary.md").read_text() == "new"
+
+
+def test_staging_refuses_a_folder_of_someone_elses_files_and_keeps_them(tmp_path):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "thesis.tex").write_text("years of work")
+    with pytest.raises(UserError) as refused:
+        _export_into(target)
+    message = str(refused.value)
+    assert "\n" not in message and str(target) in message and "thesis.tex" in message
+    assert "choose another --out/--export-dir, or empty it" in message
+    assert (target / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # nothing staged beside it either
+    file = tmp_path / "notes.txt"
+    file.write_text("keep")
+    with pytest.raises(UserError, match="a file, not a folder"):
+        _export_into(file)
+    assert file.read_text() == "keep"
+
+
+def test_staging_never_replaces_the_experiment_a_folder_holding_it_or_one_inside_it(tmp_path):
+    experiment = tmp_path / "ray" / "search"
+    (experiment / "trial_0").mkdir(parents=True)
+    (experiment / MARKER).write_text("")  # not even when it looks like an export's folder
+    for target in (experiment, tmp_path / "ray", tmp_path, experiment / "trial_0", experiment / "new"):
+        with pytest.raises(UserError, match="the experiment"):
+            _export_into(target, str(experiment))
+    assert (experiment / "trial_0").is_dir() and not (experiment / "new").exists()
+    _export_into(tmp_path / "export", str(experiment))  # beside it: fine
+    assert (tmp_path / "export" / "summary.md").is_file()
+
+
+def test_staging_refuses_the_current_folder(tmp_path, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for target in (".", ".."):  # empty or not: the shell would be left in a deleted folder
+        with pytest.raises(UserError, match="current folder"):
+            _export_into(Path(target))
+    assert here.is_dir()
+
+
+def test_files_put_into_the_folder_while_the_export_ran_are_kept(tmp_path):
+    target = tmp_path / "export"
+    with pytest.raises(UserError, match="late.txt"), _staging(target) as tmp:
+        (tmp / "summary.md").write_text("new")
+        target.mkdir()
+        (target / "late.txt").write_text("written during a long cross-dataset scoring")
+    assert [p.name for p in target.iterdir()] == ["late.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
 def test_curves_png_is_written(tmp_path):

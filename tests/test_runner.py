@@ -27,10 +27,10 @@ def test_runs_report_every_epoch_and_match_training_without_ray(tiny_cfg, tmp_pa
     runset = runner.make_runset("ablate", runs, args_for(tmp_path), metric="val_srcc", default_name="x")
     ray.init(num_cpus=2, include_dashboard=False)
     try:
-        curves = runner.execute(runset)
+        curves, interrupted = runner.execute(runset)
     finally:
         ray.shutdown()
-    assert runner.load_runset(runset.experiment_path) == runset
+    assert runner.load_runset(runset.experiment_path) == runset and interrupted is False
     assert [m["epoch"] for m in curves["lr-high"]] == [1, 2] and len(curves["lr-low"]) == 2
     # The runner adds nothing to the training: the same configuration without Ray gives the same numbers.
     alone = list(Solver(configs["lr-high"].replace(num_threads=1), log=lambda *_: None).epochs())

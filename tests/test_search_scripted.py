@@ -9,28 +9,31 @@ import functools
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
 import ray
 import yaml
 
-from tests.stub_trials import scripted
+from hyperiqa.utils import UserError
+from tests.stub_trials import failing, scripted
 from tests.test_search import ROOT, search_argv
-from tuning import launch, search
-from tuning.export import load_plan
+from tuning import launch, report, search
+from tuning.export import ExportResult, load_plan
 from tuning.schedulers import BestValueOptunaSearch
 
 pytestmark = pytest.mark.timeout(400)
 
 DRIVER = """
 import functools, json, sys
-from tests.stub_trials import scripted
+from tests.stub_trials import failing, scripted
 from tuning import search
 argv, curves, pause_dir = json.loads(sys.argv[1])
 sys.exit(search.main(argv, trial_fn=functools.partial(scripted, curves=curves, pause_dir=pause_dir)))
@@ -175,3 +178,104 @@ def test_a_search_in_which_every_trial_diverges_exports_its_best_finite_epoch(ti
     assert {r["ended"] for r in trials.values()} == {"diverged"}
     metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
     assert (metrics["epoch"], metrics["val_srcc"]) == (2, 0.7)
+
+
+def test_a_search_in_which_every_trial_failed_to_start_exits_1_naming_the_first_reason(
+        tiny_dataset, tiny_cache_dir, tmp_path, capsys):
+    curves = {repr(1e-3): [0.5], repr(1e-4): [0.6]}
+    argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, "failed", "--max-epochs", "1", "--grace-period", "1")
+    try:
+        code = search.main(argv, trial_fn=failing)
+    finally:
+        ray.shutdown()
+    out, err = capsys.readouterr()
+    assert code == 1
+    first = next(iter(rows(tmp_path / "export")))  # trials.csv: the table the summary printed, same order
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "every trial failed to start (2 of 2)" in lines[0]
+    assert "refused by the stub" in lines[0] and first in out
+    assert {r["ended"] for r in rows(tmp_path / "export").values()} == {report.FAILED}  # exported all the same
+
+
+def test_a_search_stopped_with_ctrl_c_exports_what_it_has_says_how_to_continue_and_exits_130(
+        tiny_dataset, tiny_cache_dir, tmp_path):
+    first, second = repr(1e-3), repr(1e-4)
+    curves = {first: [0.5, 0.6], second: [0.4, 0.5]}
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    (pause / "pause.json").write_text(json.dumps({first: 1}))  # waits after epoch 1 until the test is done
+    argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, "stopped", "--max-epochs", "2",
+                    "--grace-period", "2")
+    experiment = tmp_path / "ray" / "stopped"
+    cmd = [sys.executable, "-c", DRIVER, json.dumps([argv, curves, str(pause)])]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None and not _snapshot_has_checkpoint(experiment, first):
+            time.sleep(1)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends: the whole foreground group
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        (pause / "resumed").touch()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out[-3000:]
+    assert "search interrupted" in out
+    hint = next(line for line in out.splitlines() if line.startswith("continue it with: "))
+    assert shlex.split(hint.partition(": ")[2])[-4:] == ["--storage-path", str(tmp_path / "ray"), "--name", "stopped"]
+    # The paused trial, and the second one if Optuna had proposed it yet (one trial runs at a time).
+    trials = rows(tmp_path / "export")
+    assert {r["ended"] for r in trials.values()} == {report.UNFINISHED}
+    metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
+    assert (metrics["epoch"], metrics["val_srcc"]) == (1, 0.5)  # the paused trial's epoch, exported
+
+
+SPACED = "/tmp/my searches"
+
+
+def _summary_of_a_search(interrupted: bool, capsys) -> str:
+    plan = SimpleNamespace(experiment_path=f"{SPACED}/ray/run 1", metric="val_srcc")
+    row = report.make_row("t1", {}, "RUNNING", [{"epoch": 1, "val_srcc": 0.5, "status": "running"}], "val_srcc", 3)
+    result = ExportResult(Path(f"{SPACED}/exports/run 1"), [row], row, report.table([row], "val_srcc", []))
+    search._print_summary(plan, result, 1.0, interrupted)
+    return capsys.readouterr().out
+
+
+def test_the_printed_commands_paste_into_a_shell_with_spaces_in_paths(capsys):
+    out = _summary_of_a_search(True, capsys)
+    commands = {line.split()[2] if line.split()[1] == "-m" else line.split()[1]: shlex.split(line.partition("#")[0])
+                for line in out.splitlines() if line.startswith("  python ")}
+    export = f"{SPACED}/exports/run 1"
+    assert commands["hyperiqa.evaluate"][3:5] == ["--checkpoint", f"{export}/checkpoint"]
+    assert commands["hyperiqa.predict"][3:5] == ["--checkpoint", f"{export}/checkpoint"]
+    assert commands["hyperiqa.train"][3:5] == ["--config", f"{export}/best_config.yaml"]
+    assert commands["tuning/export.py"] == ["python", "tuning/export.py", f"{SPACED}/ray/run 1"]
+    hint = next(line for line in out.splitlines() if line.startswith("continue it with: "))
+    assert shlex.split(hint.partition(": ")[2]) == ["python", "tuning/search.py", "--resume", "--storage-path",
+                                                   f"{SPACED}/ray", "--name", "run 1"]
+    assert "search interrupted" in out
+
+
+def test_unfinished_trials_without_ctrl_c_are_not_called_an_interruption(capsys):
+    out = _summary_of_a_search(False, capsys)
+    assert "search finished" in out and "interrupted after" not in out
+    assert "continue it with: " in out  # --resume still continues the unfinished trial
+
+
+def test_an_export_dir_holding_other_files_is_refused_before_ray_starts(tiny_dataset, tiny_cache_dir, tmp_path):
+    mine = tmp_path / "export"  # the folder argv_for names with --export-dir
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    curves = {repr(1e-3): [0.5]}
+    argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, "refused", "--max-epochs", "1")
+    with pytest.raises(UserError, match="notes.txt"):
+        search.main(argv, trial_fn=functools.partial(scripted, curves=curves))
+    assert not ray.is_initialized() and not (tmp_path / "ray" / "refused").exists()
+    assert (mine / "notes.txt").read_text() == "mine"
+    storage = tmp_path / "ray"
+    for inside in (storage, storage / "refused" / "exports"):  # the experiment's own folders: never
+        with pytest.raises(UserError, match="the experiment"):
+            search.main([*argv, "--export-dir", str(inside)], trial_fn=functools.partial(scripted, curves=curves))
+    assert not ray.is_initialized()

@@ -96,14 +96,18 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
             raise UserError(f"--summarize {args.summarize}: no Ray Tune experiment state there ({exc})") from None
         return finish(runset, curves, args.out)
     runset = resume_runset(args) if args.resume else new_runset(args)
+    from tuning.export import check_export_dir
+
+    check_export_dir(result_dir(runset, args.out), runset.experiment_path)  # refused now, not after the runs
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     from tuning import launch
 
     launch.start_ray(args.address, args.dashboard_host, args.dashboard_port)
     start = time.monotonic()
-    curves = runner.execute(runset, resume=args.resume, **({"fn": trial_fn} if trial_fn else {}))
-    print(f"\nablation finished after {(time.monotonic() - start) / 60:.1f} min")
-    return finish(runset, curves, args.out)
+    curves, interrupted = runner.execute(runset, resume=args.resume, **({"fn": trial_fn} if trial_fn else {}))
+    print(f"\nablation {'interrupted' if interrupted else 'finished'} after {(time.monotonic() - start) / 60:.1f} min")
+    code = finish(runset, curves, args.out)
+    return 130 if interrupted else code  # Ctrl-C: the partial folder is written, the shell still sees the stop
 
 
 def ablation_base(args) -> TrainConfig:
@@ -178,20 +182,22 @@ def finish(runset, curves: dict, out: str | None) -> int:
     """Write the folder, print the table, the answer and where everything is."""
     from tuning.ablation_report import text_table, write_folder
 
-    out_dir = options.absolute(out) if out else runset.out_dir
+    out_dir = result_dir(runset, out)
     cfg = runset.runs[0]["config"]
     title = f"Ablation of the original's defects: {runset.name}"
     source = (f"Experiment `{runset.experiment_path}`: {len(runset.runs)} runs, {runset.settings.get('seeds', '?')} "
               f"seed(s) per variant, paired (seed k: same split and training seed in every variant).")
     stats, text = write_folder(out_dir, list(runset.runs), curves, title=title, source=source,
-                               config_line=config_line(cfg))
+                               config_line=config_line(cfg), experiment=runset.experiment_path)
     print("\n" + text_table(stats) + "\n\n" + text.replace("**", "") + f"\n\nresults: {out_dir}")
     missing = [r["id"] for r in runset.runs if not curves.get(r["id"])]
     if missing or any(s.incomplete for s in stats):
-        storage, name = runset.experiment_path.rsplit("/", 1)
-        print(f"some runs are unfinished; continue with: python tuning/ablate.py --resume --storage-path {storage} "
-              f"--name {name}")
+        print(f"some runs are unfinished; continue with: {options.resume_command('ablate.py', runset.experiment_path)}")
     return 0
+
+
+def result_dir(runset, out: str | None) -> str:
+    return options.absolute(out) if out else runset.out_dir
 
 
 def config_line(cfg: dict) -> str:

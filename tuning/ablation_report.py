@@ -89,13 +89,14 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def write_folder(out_dir: str | Path, runs: list[dict], curves: dict[str, list[dict]], *, title: str,
-                 source: str, config_line: str) -> tuple[list[S.VariantStats], str]:
-    """Write the folder (built beside it and swapped in); return the statistics and the answer's sentences."""
+                 source: str, config_line: str, experiment: str | None = None) -> tuple[list[S.VariantStats], str]:
+    """Write the folder (built beside it and swapped in, replacing only a folder written this way, never the
+    experiment's); return the statistics and the answer's sentences."""
     from tuning.export import _staging  # the export folder's swap-in: a reader never sees half a folder
 
     stats = S.summarize(runs, curves)
     sentences = answer(stats, runs[0]["config"])
-    with _staging(Path(out_dir)) as tmp:
+    with _staging(Path(out_dir), experiment) as tmp:
         atomic_write_text(tmp / "table.csv", csv_text(table_rows(stats)))
         atomic_write_text(tmp / "table.md", markdown_table(stats) + "\n")
         atomic_write_text(tmp / "runs.csv", csv_text(raw_rows(runs, curves)))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from hyperiqa.config import PRESETS, TrainConfig, parse_assignments
 from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text, run_cli
 from tuning import confirm_report as cr
-from tuning.options import absolute, add_cluster_flags, add_resource_flags
+from tuning.options import absolute, add_cluster_flags, add_resource_flags, resume_command
 
 # Fields that say which images a configuration sees: inputs must agree on the first three (one dataset);
 # the baseline takes all of them from the first input.
@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from tuning import launch
 
     launch.start_ray(args.address, args.dashboard_host, args.dashboard_port)
-    run_and_report(runset, resume=args.resume)
-    return 0
+    return 130 if run_and_report(runset, resume=args.resume) else 0  # Ctrl-C: reported, and still a stop
 
 
 # --- inputs and runs --------------------------------------------------------------------------
@@ -234,12 +233,14 @@ def _newest(storage: str) -> str:
 
 # --- run and report ---------------------------------------------------------------------------
 
-def run_and_report(runset, *, resume: bool = False) -> dict:
-    """Run (or continue) every run on the Ray session already started, then write the report."""
+def run_and_report(runset, *, resume: bool = False) -> bool:
+    """Run (or continue) every run on the Ray session already started, then write the report; True if
+    the user interrupted the runs (Ctrl-C)."""
     from tuning import runner
 
-    curves = runner.execute(runset, resume=resume)
-    return write_report(runset, curves)
+    curves, interrupted = runner.execute(runset, resume=resume)
+    write_report(runset, curves)
+    return interrupted
 
 
 def write_report(runset, curves: dict[str, list[dict]]) -> dict:
@@ -265,8 +266,7 @@ def write_report(runset, curves: dict[str, list[dict]]) -> dict:
     atomic_write_text(out / "summary.md", text)
     print("\n" + text + f"\nreport: {out}", flush=True)
     if finished < len(runset.runs):
-        storage, name = runset.experiment_path.rsplit("/", 1)
-        print(f"continue it with: python tuning/confirm.py --resume --storage-path {storage} --name {name}")
+        print(f"continue it with: {resume_command('confirm.py', runset.experiment_path)}")
     return result
 
 
@@ -287,15 +287,16 @@ def check_search_flags(args) -> None:
         raise UserError(f"--confirm-splits {args.confirm_splits}: at least 2")
 
 
-def after_search(search_args, plan, result) -> None:
-    """Confirm the export's top trials (best finite value first), in the search's Ray session."""
+def after_search(search_args, plan, result) -> bool:
+    """Confirm the export's top trials (best finite value first), in the search's Ray session; True if the
+    user interrupted the confirmation (Ctrl-C)."""
     from tuning import runner
 
     space = plan.search_space
     ranked = sorted((r for r in result.rows if cr.finite(r.best)), key=lambda r: -r.best)[:search_args.confirm]
     if not ranked:
         print("\n--confirm: no trial with a finite metric to confirm")
-        return
+        return False
     inputs = [Candidate(f"trial {r.trial_id}", f"{plan.name} trial {r.trial_id} ({plan.metric} {r.best:.4f})",
                         space.config_for(plan.base_config, r.params, source=f"trial {r.trial_id}"))
               for r in ranked]
@@ -313,7 +314,7 @@ def after_search(search_args, plan, result) -> None:
         runset, resume = make_confirm_runset(inputs, args, sets), False
     print(f"\nconfirming the top {len(inputs)} trial(s) and the baseline on "
           f"{len(runset.settings['split_seeds'])} splits: {len(runset.runs)} runs")
-    run_and_report(runset, resume=resume)
+    return run_and_report(runset, resume=resume)
 
 
 if __name__ == "__main__":

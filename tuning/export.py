@@ -45,7 +45,7 @@ from hyperiqa.checkpoint import CONFIG
 from hyperiqa.convert import FILES as FORMAT_FILES
 from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text, run_cli
 from tuning import crosseval, report, tracking
-from tuning.options import absolute, read_experiment_file, write_experiment_file
+from tuning.options import absolute, is_uri, read_experiment_file, write_experiment_file
 from tuning.plan import SEARCH_FILE, Plan
 
 
@@ -93,7 +93,7 @@ def export_experiment(experiment_path: str, out_dir: str | None = None, *, cross
     best = results[best_row.trial_id] if best_row else None
     entries = report.table(rows, plan.metric, [p.name for p in space.params],
                            first=best_row.trial_id if best_row else None)
-    with _staging(target) as tmp:
+    with _staging(target, experiment_path) as tmp:
         _write_trials_csv(tmp / "trials.csv", entries)
         report.plot_curves(rows, plan.metric, best_row.trial_id if best_row else None, tmp / "curves.png")
         atomic_write_json(tmp / "importance.json", report.importance(rows, space.distributions(), first_rung=plan.grace_period))
@@ -209,23 +209,62 @@ def _cell(value) -> str:
     return f"{value:.4f}" if report.finite(value) else "-"
 
 
-class _staging:
-    """Build the folder under a temporary name beside `target`, then swap it in."""
+EXPORT_MARKER = ".hyperiqa-export"  # written into every folder _staging builds: the folders it may replace
+MARKER_TEXT = ("Written by hyperiqa-tune (tuning/export.py, search.py, ablate.py). The next export to this folder "
+               "replaces it whole; a folder without this file is never replaced.\n")
 
-    def __init__(self, target: Path):
-        self.target = target
+
+def check_export_dir(target, experiment: str | None = None) -> Path:
+    """The folder an export may replace, resolved: absent, empty, or one it wrote itself (EXPORT_MARKER).
+
+    Anything else is refused in one line, as is the experiment's folder, a folder holding it or inside it
+    (Ray owns it), and the current folder or one holding it: the swap renames the whole folder away.
+    """
+    target = Path(target).expanduser().resolve()
+    if experiment and not is_uri(experiment):
+        exp = Path(experiment).expanduser().resolve()
+        if target == exp or target in exp.parents or exp in target.parents:
+            raise UserError(f"export folder {target}: it is, holds or is inside the experiment {exp}, which an "
+                            "export never replaces; choose another --out/--export-dir")
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise UserError(f"export folder {target}: it is or holds the current folder, and an export replaces its "
+                        "whole folder; choose another --out/--export-dir")
+    if target.exists() and not target.is_dir():
+        raise UserError(f"export folder {target}: a file, not a folder; choose another --out/--export-dir")
+    if target.is_dir() and not (target / EXPORT_MARKER).is_file():
+        entry = next(target.iterdir(), None)
+        if entry is not None:
+            raise UserError(f"export folder {target}: holds files no export wrote (e.g. {entry.name}) and an export "
+                            "replaces its whole folder; choose another --out/--export-dir, or empty it")
+    return target
+
+
+class _staging:
+    """Build the folder under a temporary name beside `target`, then swap it in. Only a folder that
+    check_export_dir accepts is replaced: checked on entry and again at the swap, which may come long after
+    (cross-dataset scoring), so files put there meanwhile survive too."""
+
+    def __init__(self, target: Path, experiment: str | None = None):
+        self.target, self.experiment = Path(target), experiment
 
     def __enter__(self) -> Path:
+        self.target = check_export_dir(self.target, self.experiment)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.tmp-"))
+        (self.tmp / EXPORT_MARKER).write_text(MARKER_TEXT)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        old = self.target.with_name(f".{self.target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            check_export_dir(self.target, self.experiment)
+        except UserError:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        old = self.tmp.with_name(f"{self.tmp.name}.old")  # beside the unique temporary name: nobody else's
         if self.target.exists():
             self.target.rename(old)
         self.tmp.rename(self.target)

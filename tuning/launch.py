@@ -6,6 +6,8 @@ import ipaddress
 import json
 import math
 import os
+import signal
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -247,6 +249,26 @@ def _restored_tune_config(tuner: tune.Tuner) -> tune.TuneConfig:
         raise RuntimeError(f"ray {ray.__version__}: cannot reach the restored Tuner's TuneConfig; "
                            "this project needs ray 2.60.0")
     return config
+
+
+def fit(tuner: tune.Tuner) -> bool:
+    """Run the tuner; True if the user stopped it (Ctrl-C: SIGINT).
+
+    Tune catches the first SIGINT itself: it ends the run, saves its state, returns from fit() as after
+    a finished run and keeps its flag to itself (ray/tune/tune.py, _setup_signal_catching). What shows is
+    the SIGINT handler: Tune puts back the one it found when the signal comes, and leaves its own in place
+    otherwise. Tune installs one only in the main thread and without TUNE_DISABLE_SIGINT_HANDLER (a SIGINT
+    then raises KeyboardInterrupt as usual). Ray pinned in pyproject; tests/test_search_scripted.py checks it.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        tuner.fit()
+    finally:
+        after = signal.getsignal(signal.SIGINT)
+        if main and before is not None:  # a later Ctrl-C (the export) must stop us, not reach the finished run
+            signal.signal(signal.SIGINT, before)
+    return main and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")) and after is before
 
 
 def build_fixed_tuner(runset, fn=fixed_trial) -> tune.Tuner:

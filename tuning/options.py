@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 from pathlib import Path
 
 from hyperiqa.config import PRESETS, TrainConfig
@@ -54,6 +55,12 @@ def is_uri(path: str) -> bool:
 
 def absolute(path: str) -> str:
     return path if is_uri(path) else str(Path(path).expanduser().resolve())
+
+
+def resume_command(script: str, experiment_path: str) -> str:
+    """The shell command that continues an experiment; quoted, so a path with spaces pastes as one word."""
+    storage, name = experiment_path.rstrip("/").rsplit("/", 1)
+    return shlex.join(["python", f"tuning/{script}", "--resume", "--storage-path", storage, "--name", name])
 
 
 def write_experiment_file(experiment_path: str, name: str, text: str) -> None:

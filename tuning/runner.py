@@ -102,8 +102,9 @@ def load_runset(experiment_path: str) -> RunSet:
     return RunSet.from_json(text, source=f"{experiment_path}/{RUNS_FILE}")
 
 
-def execute(runset: RunSet, *, resume: bool = False, fn=None) -> dict[str, list[dict]]:
-    """Run (or continue) every run on the Ray cluster already started; return collect()'s curves."""
+def execute(runset: RunSet, *, resume: bool = False, fn=None) -> tuple[dict[str, list[dict]], bool]:
+    """Run (or continue) every run on the Ray cluster already started; return collect()'s curves and
+    whether the user stopped the runs with Ctrl-C (launch.fit)."""
     from tuning import launch
 
     kwargs = {"fn": fn} if fn else {}
@@ -113,8 +114,8 @@ def execute(runset: RunSet, *, resume: bool = False, fn=None) -> dict[str, list[
         tuner = launch.build_fixed_tuner(runset, **kwargs)
         save_runset(runset)
     print(f"experiment: {runset.experiment_path} ({len(runset.runs)} runs at full budget)", flush=True)
-    tuner.fit()
-    return collect(runset)
+    interrupted = launch.fit(tuner)
+    return collect(runset), interrupted
 
 
 def collect(runset: RunSet) -> dict[str, list[dict]]:

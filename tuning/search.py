@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as a script: make `tuning` and `hyperiqa` i
 
 import argparse
 import os
+import shlex
 import time
 
 from hyperiqa.config import SELECTION_METRICS
@@ -68,9 +69,11 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
     args = build_parser().parse_args(argv)
     confirm.check_search_flags(args)
     plan = resume_plan(args) if args.resume else new_plan(args)
+    from tuning.export import check_export_dir, export_experiment, save_plan
+
+    check_export_dir(plan.export_dir, plan.experiment_path)  # refused now, not after the search has run
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     from tuning import launch
-    from tuning.export import export_experiment, save_plan
 
     tracking.prepare(plan, resume=args.resume)  # packages and stores checked before Ray starts
     launch.start_ray(args.address, args.dashboard_host, args.dashboard_port)
@@ -82,14 +85,20 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
         save_plan(plan)
     print(f"experiment: {plan.experiment_path} ({plan.num_samples} trials, up to {plan.max_epochs} epochs each)")
     start = time.monotonic()
-    tuner.fit()
+    interrupted = launch.fit(tuner)
     minutes = (time.monotonic() - start) / 60
     result = export_experiment(plan.experiment_path, plan.export_dir, log=lambda *_: None)
-    _print_summary(plan, result, minutes)
+    _print_summary(plan, result, minutes, interrupted)
     if result.cross:
         print("\n" + crosseval.text(result.cross))
-    if args.confirm:
-        confirm.after_search(args, plan, result)
+    if interrupted:
+        return 130  # what the shell reports for Ctrl-C: a script running the search must not read success
+    failed = _every_trial_failed(result.rows)
+    if failed:
+        print(f"error: {failed}", file=sys.stderr)
+        return 1
+    if args.confirm and confirm.after_search(args, plan, result):
+        return 130
     return 0
 
 
@@ -133,14 +142,15 @@ def _newest_experiment(storage: str) -> str:
     return found[-1].parent.name
 
 
-def _print_summary(plan, result, minutes: float) -> None:
+def _print_summary(plan, result, minutes: float, interrupted: bool = False) -> None:
     from tuning import report
+    from tuning.options import resume_command
 
     counts: dict[str, int] = {}
     for row in result.rows:
         counts[row.ended] = counts.get(row.ended, 0) + 1
     unfinished = counts.get(report.UNFINISHED, 0)
-    print(f"\nsearch {'interrupted' if unfinished else 'finished'} after {minutes:.1f} min: {len(result.rows)} "
+    print(f"\nsearch {'interrupted' if interrupted else 'finished'} after {minutes:.1f} min: {len(result.rows)} "
           "trials (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")")
     print(report.text_table(result.table))
     for row in result.rows:
@@ -151,20 +161,31 @@ def _print_summary(plan, result, minutes: float) -> None:
         print("\nevery trial diverged (non-finite training loss); the export holds the best epoch before "
               "divergence. Lower the learning rates (backbone_lr, lr_ratio) or set grad_clip.")
     _print_early_peak(result.rows, plan.metric)
-    if unfinished:
-        storage, name = plan.experiment_path.rsplit("/", 1)
-        print(f"\ncontinue it with: python tuning/search.py --resume --storage-path {storage} --name {name}")
+    if unfinished or interrupted:
+        print(f"\ncontinue it with: {resume_command('search.py', plan.experiment_path)}")
     out = result.out_dir
     if result.best is None:
         print(f"\nno trial reported a finite {plan.metric}; nothing to export but the table: {out}")
         return
+    checkpoint, config = shlex.quote(f"{out}/checkpoint"), shlex.quote(f"{out}/best_config.yaml")
     print(f"\nbest: trial {result.best.trial_id}, {plan.metric} {result.best.best:.4f} at epoch "
           f"{result.best.best_epoch}\nexport: {out}")
     print("\nnext steps:\n"
-          f"  python -m hyperiqa.evaluate --checkpoint {out}/checkpoint --split test   # score the exported model\n"
-          f"  python -m hyperiqa.predict --checkpoint {out}/checkpoint IMAGE_OR_FOLDER  # score your images\n"
-          f"  python -m hyperiqa.train --config {out}/best_config.yaml                  # retrain the best setting\n"
-          f"  python tuning/export.py {plan.experiment_path}   # re-export; --resume continues an interrupted search")
+          f"  python -m hyperiqa.evaluate --checkpoint {checkpoint} --split test   # score the exported model\n"
+          f"  python -m hyperiqa.predict --checkpoint {checkpoint} IMAGE_OR_FOLDER  # score your images\n"
+          f"  python -m hyperiqa.train --config {config}                  # retrain the best setting\n"
+          f"  python tuning/export.py {shlex.quote(plan.experiment_path)}   # re-export; --resume continues an "
+          "interrupted search")
+
+
+def _every_trial_failed(rows) -> str:
+    """One line when no trial could start (data, cache or configuration refused on its node), else ""."""
+    from tuning import report
+
+    if not rows or any(row.ended != report.FAILED for row in rows):
+        return ""
+    return (f"every trial failed to start ({len(rows)} of {len(rows)}); the first, trial {rows[0].trial_id}: "
+            f"{rows[0].message}")
 
 
 def _print_early_peak(rows, metric: str) -> None:
