@@ -20,12 +20,14 @@ from tests.test_search import ROOT
 from tuning import experiment_folder, launch, options, runner, search
 from tuning.runner import RUNS_FILE
 
+# Another search's claim, as experiment_folder.claim makes it (without importing torch: seconds on 2 cores).
 HOLDER = """
-import sys, time
-from tuning import experiment_folder
-with experiment_folder.claim(sys.argv[1], new=False):
-    print("held", flush=True)
-    time.sleep(600)
+import fcntl, os, sys, time
+os.makedirs(os.path.dirname(sys.argv[1]), exist_ok=True)
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("held", flush=True)
+time.sleep(600)
 """
 
 
@@ -106,7 +108,8 @@ def test_a_storage_folder_this_user_cannot_write_is_refused(tiny_cfg, tmp_path, 
 def holder(tmp_path):
     """Start a process that claims an experiment folder; yields (folder, process)."""
     folder = tmp_path / "ray" / "plan"
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder / experiment_folder.LOCK_FILE)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     yield folder, proc
     proc.kill()
