@@ -279,3 +279,52 @@ def test_an_export_dir_holding_other_files_is_refused_before_ray_starts(tiny_dat
         with pytest.raises(UserError, match="the experiment"):
             search.main([*argv, "--export-dir", str(inside)], trial_fn=functools.partial(scripted, curves=curves))
     assert not ray.is_initialized()
+
+
+def test_a_truncated_experiment_state_exports_from_the_trial_folders_and_resume_says_why(
+        tiny_dataset, tiny_cache_dir, tmp_path, capsys):
+    from hyperiqa.utils import UserError
+    from tuning.export import export_experiment
+
+    curves = {repr(1e-3): [0.5, 0.8, 0.6], repr(1e-4): [0.6, 0.7, 0.75]}
+    experiment = run_scripted_search(tmp_path, tiny_dataset, tiny_cache_dir, curves, "truncated")
+    intact = json.loads((tmp_path / "export" / "metrics.json").read_text())
+    # What a write cut short by a full disk leaves: Ray writes this file in place.
+    state = sorted(experiment.glob("experiment_state-*.json"))[-1]
+    state.write_bytes(state.read_bytes()[:len(state.read_bytes()) // 2])
+    export_experiment(str(experiment), str(tmp_path / "again"))
+    assert f"warning: Ray's experiment state {state} is unreadable (JSONDecodeError" in capsys.readouterr().out
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert (again["trial"], again["epoch"], again["val_srcc"]) == (intact["trial"], intact["epoch"], intact["val_srcc"])
+    assert (again["trial"], again["epoch"], again["val_srcc"]) == (trial_ids_by_lr(experiment)[repr(1e-3)], 2, 0.8)
+    assert {k: (r["best_val_srcc"], r["ended"]) for k, r in rows(tmp_path / "again").items()} == \
+        {k: (r["best_val_srcc"], r["ended"]) for k, r in rows(tmp_path / "export").items()}
+    argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, "truncated", "--resume")
+    with pytest.raises(UserError) as exc_info:
+        search.main(argv)  # refused before Ray starts: Ray itself fails with a JSONDecodeError traceback
+    assert str(exc_info.value).startswith(f"Ray's experiment state {state} is unreadable (JSONDecodeError")
+    assert str(exc_info.value).endswith(f"cannot be resumed; `python tuning/export.py {experiment}` exports what "
+                                        "its trials saved") and "\n" not in str(exc_info.value)
+
+
+def test_a_full_disk_during_the_search_is_one_line_saying_how_to_continue(tiny_dataset, tiny_cache_dir, tmp_path,
+                                                                         monkeypatch):
+    import errno
+
+    from ray.tune.execution.tune_controller import TuneController
+
+    from hyperiqa.utils import UserError
+
+    def no_space(self):
+        raise OSError(errno.ENOSPC, "No space left on device", self.experiment_state_path)
+
+    monkeypatch.setattr(TuneController, "save_to_dir", no_space)
+    curves = {repr(1e-3): [0.5, 0.8, 0.6]}
+    with pytest.raises(UserError) as exc_info:
+        run_scripted_search(tmp_path, tiny_dataset, tiny_cache_dir, curves, "full")
+    experiment = tmp_path / "ray" / "full"
+    assert str(exc_info.value).startswith("disk full at /") and "experiment_state-" in str(exc_info.value)
+    assert str(exc_info.value).endswith(f"what it saved is kept in {experiment}; free space, then continue with: "
+                                        f"python tuning/search.py --resume --storage-path {experiment.parent} "
+                                        "--name full")
+    assert (experiment / "hyperiqa_search.json").is_file()

@@ -25,7 +25,7 @@ import time
 
 from hyperiqa.config import LEGACY_DEFECTS, TrainConfig
 from hyperiqa.utils import UserError, run_cli
-from tuning import options
+from tuning import experiment_folder, options
 from tuning.ablation_stats import ALL, FIXED
 
 VARIANTS = {FIXED: [], **{name: [name] for name in LEGACY_DEFECTS}, ALL: ["all"]}
@@ -99,6 +99,13 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
     from tuning.export import check_export_dir
 
     check_export_dir(result_dir(runset, args.out), runset.experiment_path)  # refused now, not after the runs
+    with experiment_folder.claim(runset.experiment_path, new=not args.resume):
+        return _run(args, runset, trial_fn)
+
+
+def _run(args, runset, trial_fn) -> int:
+    from tuning import runner
+
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     from tuning import launch
 
@@ -148,9 +155,6 @@ def new_runset(args):
     runset = runner.make_runset("ablate", variant_runs(base, args.seeds, names), args, metric=base.selection_metric,
                                 default_name=f"{args.dataset}-ablation", settings={"seeds": args.seeds,
                                                                                    "variants": names})
-    if any(Path(runset.experiment_path).glob("experiment_state-*.json")):
-        raise UserError(f"--name {runset.name}: {runset.experiment_path} already holds an experiment; add --resume "
-                        "to continue it or choose another --name")
     return runset
 
 
@@ -159,9 +163,11 @@ def resume_runset(args):
 
     from tuning import runner
 
-    storage = options.absolute(args.storage_path)
+    storage = options.writable_storage(args.storage_path)
     name = args.name or _newest(storage)
     runset = runner.load_runset(f"{storage.rstrip('/')}/{name}")
+    experiment_folder.check_resumable(runset.experiment_path, "`python tuning/ablate.py --summarize "
+                                      f"{runset.experiment_path}` summarises what its runs saved")
     print(f"resuming {runset.experiment_path} with its saved settings (other flags are ignored)")
     return dataclasses.replace(runset, out_dir=options.absolute(args.out)) if args.out else runset
 

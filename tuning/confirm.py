@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from hyperiqa.config import PRESETS, TrainConfig, parse_assignments
 from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text, run_cli
 from tuning import confirm_report as cr
-from tuning.options import absolute, add_cluster_flags, add_resource_flags, resume_command
+from tuning import experiment_folder
+from tuning.options import absolute, add_cluster_flags, add_resource_flags, resume_command, writable_storage
 
 # Fields that say which images a configuration sees: inputs must agree on the first three (one dataset);
 # the baseline takes all of them from the first input.
@@ -82,11 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.inputs:
             raise UserError("give at least one export folder or config YAML to confirm (or --resume)")
         runset = make_confirm_runset([load_input(p) for p in args.inputs], args, args.set)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    from tuning import launch
+    with experiment_folder.claim(runset.experiment_path, new=not args.resume):
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        from tuning import launch
 
-    launch.start_ray(args.address, args.dashboard_host, args.dashboard_port)
-    return 130 if run_and_report(runset, resume=args.resume) else 0  # Ctrl-C: reported, and still a stop
+        launch.start_ray(args.address, args.dashboard_host, args.dashboard_port)
+        return 130 if run_and_report(runset, resume=args.resume) else 0  # Ctrl-C: reported, and still a stop
 
 
 # --- inputs and runs --------------------------------------------------------------------------
@@ -208,11 +210,13 @@ def _label(described: list[dict], cid: str) -> str:
 def resume_runset(args):
     from tuning import runner
 
-    storage = absolute(args.storage_path)
+    storage = writable_storage(args.storage_path)
     name = args.name or _newest(storage)
     runset = runner.load_runset(f"{storage.rstrip('/')}/{name}")
     if runset.kind != "confirm":
         raise UserError(f"{runset.experiment_path}: written by tuning/{runset.kind}.py, not confirm.py")
+    experiment_folder.check_resumable(runset.experiment_path, "each run's results stay in its folder there; run "
+                                      "the confirmation again under another --name")
     print(f"resuming {runset.experiment_path} with its saved settings (other flags are ignored)")
     if args.out:
         import dataclasses
@@ -314,7 +318,8 @@ def after_search(search_args, plan, result) -> bool:
         runset, resume = make_confirm_runset(inputs, args, sets), False
     print(f"\nconfirming the top {len(inputs)} trial(s) and the baseline on "
           f"{len(runset.settings['split_seeds'])} splits: {len(runset.runs)} runs")
-    return run_and_report(runset, resume=resume)
+    with experiment_folder.claim(runset.experiment_path, new=not resume):
+        return run_and_report(runset, resume=resume)
 
 
 if __name__ == "__main__":

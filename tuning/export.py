@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from hyperiqa.checkpoint import CONFIG
 from hyperiqa.convert import FILES as FORMAT_FILES
 from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text, run_cli
-from tuning import crosseval, report, tracking
+from tuning import crosseval, experiment_folder, report, tracking
 from tuning.options import absolute, is_uri, read_experiment_file, write_experiment_file
 from tuning.plan import SEARCH_FILE, Plan
 
@@ -71,23 +71,10 @@ def export_experiment(experiment_path: str, out_dir: str | None = None, *, cross
                       formats: list[str] | tuple = (), log=print, progress=print) -> ExportResult:
     """cross: [[name, root], ...] replacing the search's saved --cross; formats: FORMAT_FILES keys to write
     beside checkpoint/; progress: cross-dataset and tracking lines."""
-    from ray import tune
-
     plan = load_plan(experiment_path)
     cross = plan.cross if cross is None else cross
     space = plan.search_space
-    try:
-        analysis = tune.ExperimentAnalysis(experiment_path, default_metric=plan.metric, default_mode="max")
-    except ValueError as exc:
-        raise UserError(f"{experiment_path}: no Ray Tune experiment state yet ({exc})") from None
-    grid = tune.ResultGrid(analysis)  # one Result per trial, in analysis.trials order
-    rows, results = [], {}
-    for trial, result in zip(analysis.trials, grid):
-        frame = analysis.trial_dataframes.get(trial.trial_id)
-        epochs = frame.to_dict("records") if frame is not None and len(frame) else []
-        rows.append(report.make_row(trial.trial_id, trial.config or result.config or {}, trial.status, epochs, plan.metric,
-                                    plan.max_epochs))
-        results[trial.trial_id] = result
+    rows, results = load_trials(experiment_path, plan, log=log)
     target = Path(out_dir or plan.export_dir).expanduser().resolve()
     best_row = best_trial(rows)
     best = results[best_row.trial_id] if best_row else None
@@ -109,6 +96,44 @@ def export_experiment(experiment_path: str, out_dir: str | None = None, *, cross
     log(f"export: {target}")
     tracking.tag_mlflow_runs(plan, rows, best_row.trial_id if best_row else None, log=progress)
     return ExportResult(target, rows, best_row, entries, cross_results)
+
+
+def load_trials(experiment_path: str, plan: Plan, *, log=print) -> tuple[list[report.TrialRow], dict]:
+    """One row per trial and {trial id: its ray.tune.Result}, from Ray's experiment state; from the trials'
+    own folders (trial_folders.py) when that state is missing or unreadable (a full disk truncates it)."""
+    from ray import tune
+
+    damaged = experiment_folder.damaged_state(experiment_path)
+    if damaged is None:
+        try:
+            analysis = tune.ExperimentAnalysis(experiment_path, default_metric=plan.metric, default_mode="max")
+        except ValueError as exc:  # no state file: the search stopped before Ray's first snapshot
+            damaged = f"no Ray Tune experiment state yet ({str(exc).splitlines()[0]})"
+        else:
+            return _rows_from_state(analysis, plan)
+    from tuning.trial_folders import read_trials
+
+    trials = read_trials(experiment_path)
+    if not trials:
+        raise UserError(f"{experiment_path}: {damaged}, and no trial folder there holds a result")
+    log(f"warning: {damaged}; read the {len(trials)} trials from their own folders instead (a trial that ASHA "
+        "stopped or that errored shows as unfinished)")
+    rows = [report.make_row(t.trial_id, t.config, "", t.epochs, plan.metric, plan.max_epochs) for t in trials]
+    return rows, {t.trial_id: t for t in trials}
+
+
+def _rows_from_state(analysis, plan: Plan) -> tuple[list[report.TrialRow], dict]:
+    from ray import tune
+
+    grid = tune.ResultGrid(analysis)  # one Result per trial, in analysis.trials order
+    rows, results = [], {}
+    for trial, result in zip(analysis.trials, grid):
+        frame = analysis.trial_dataframes.get(trial.trial_id)
+        epochs = frame.to_dict("records") if frame is not None and len(frame) else []
+        rows.append(report.make_row(trial.trial_id, trial.config or result.config or {}, trial.status, epochs, plan.metric,
+                                    plan.max_epochs))
+        results[trial.trial_id] = result
+    return rows, results
 
 
 def best_trial(rows: list[report.TrialRow]) -> report.TrialRow | None:

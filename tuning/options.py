@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shlex
 from pathlib import Path
 
@@ -63,6 +64,21 @@ def resume_command(script: str, experiment_path: str) -> str:
     return shlex.join(["python", f"tuning/{script}", "--resume", "--storage-path", storage, "--name", name])
 
 
+def writable_storage(path: str, flag: str = "--storage-path") -> str:
+    """`path` made absolute, once its nearest existing folder is known to accept new files (Ray creates the
+    rest); a URI is left to its own filesystem. Before Ray starts, so the mistake is one line, not a traceback."""
+    if is_uri(path):
+        return path
+    full = Path(absolute(path))
+    existing = next(p for p in (full, *full.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, not a folder; give a folder (created if missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot create files in {existing} (not writable by this user); "
+                        "give a folder you can write to")
+    return str(full)
+
+
 def write_experiment_file(experiment_path: str, name: str, text: str) -> None:
     """Write `name` into the experiment folder: a local folder (atomically) or a storage URI."""
     if is_uri(experiment_path):
@@ -108,9 +124,26 @@ def base_config(args) -> TrainConfig:
     return base.with_overrides(args.set or [], source="--set")
 
 
+def finite(flag: str, value: float) -> float:
+    """`value`, refused in one line naming `flag` if it is nan or inf (argparse's float() accepts both)."""
+    if not math.isfinite(value):
+        raise UserError(f"{flag} {value}: must be a finite number")
+    return value
+
+
+def at_least(flag: str, value: int | None, low: int, meaning: str = "") -> int | None:
+    """`value` (None: not given), refused in one line naming `flag` if it is below `low`."""
+    if value is not None and value < low:
+        raise UserError(f"{flag} {value}: must be >= {low}{meaning}")
+    return value
+
+
 def resources(args, unit: str = "trial") -> tuple[float, float, float]:
     """(--gpus, GPUs per trial, CPUs per trial), checked."""
-    gpus = args.gpus
+    gpus = finite("--gpus", args.gpus)
+    if args.gpus_per_trial is not None:
+        finite(f"--gpus-per-{unit}", args.gpus_per_trial)
+    finite(f"--cpus-per-{unit}", args.cpus_per_trial)
     if gpus < 0:
         raise UserError(f"--gpus {gpus:g}: must be >= 0 (0 = CPU only)")
     flag = f"--gpus-per-{unit}"

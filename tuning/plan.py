@@ -18,7 +18,17 @@ from typing import Any
 from hyperiqa.config import TrainConfig, parse_assignments
 from hyperiqa.utils import UserError
 from tuning import crosseval, tracking
-from tuning.options import absolute, base_config, check_dataset, check_name, for_ray, resources
+from tuning.options import (
+    absolute,
+    at_least,
+    base_config,
+    check_dataset,
+    check_name,
+    finite,
+    for_ray,
+    resources,
+    writable_storage,
+)
 from tuning.space import SearchSpace, load_space, parse_space
 
 SEARCH_FILE = "hyperiqa_search.json"
@@ -104,6 +114,8 @@ class Plan:
 
 def make_plan(args) -> Plan:
     """Validate the flags of a new search (args: the argparse namespace of tuning/search.py)."""
+    _check_budget_flags(args)
+    storage = writable_storage(args.storage_path)
     base = base_config(args)
     preset = PRESET_SEARCHES.get(base.dataset)
     space_file = load_space(args.space or (preset.space if preset else "default"))
@@ -111,7 +123,7 @@ def make_plan(args) -> Plan:
         # The paper's protocol picks the epoch on the test split and trains on everything else: a
         # validation split nobody selects on would only take training images away.
         base = base.replace(val_fraction=0.0)
-    max_epochs = args.max_epochs or (preset.max_epochs if preset else base.epochs)
+    max_epochs = args.max_epochs if args.max_epochs is not None else (preset.max_epochs if preset else base.epochs)
     patience = base.patience if args.patience is None and base.patience else args.patience
     if patience is None:
         patience = max(3, max_epochs // 4)
@@ -122,14 +134,13 @@ def make_plan(args) -> Plan:
         space_file.config_for(base, point, source=f"{space_file.source}: start[{i}] with the base configuration")
     space_file.config_for(base, {}, source=f"{space_file.source}: fixed values with the base configuration")
     default_grace = min(preset.grace_period, max_epochs) if preset else max(1, max_epochs // 8)
-    grace = args.grace_period or default_grace
-    _check_schedule(max_epochs, grace, args.reduction_factor, args.num_samples)
+    grace = args.grace_period if args.grace_period is not None else default_grace
+    _check_grace(max_epochs, grace)
     tracked = tracking.plan_fields(args)
     cross_sets = crosseval.parse(args.cross)
     crosseval.check(cross_sets, base.cache_dir)
     check_dataset(base)  # last: for the demo and photos this generates the images
     name = check_name(args.name or f"{base.dataset}-{Path(space_file.source).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    storage = absolute(args.storage_path)
     export_dir = absolute(args.export_dir or str(Path("exports") / name))
     num_samples = args.num_samples or (preset.num_samples if preset else 32)
     raw_space = _raw_space(space_file)
@@ -138,13 +149,21 @@ def make_plan(args) -> Plan:
                 export_dir, args.max_concurrent, cross=cross_sets, **tracked)
 
 
-def _check_schedule(max_epochs: int, grace: int, factor: float, num_samples: int | None) -> None:
-    if grace < 1 or grace > max_epochs:
+def _check_budget_flags(args) -> None:
+    """Each number as typed, before any default or the TrainConfig sees it: a 0 is refused, never read as
+    "not given", and a mistake names the flag rather than the config field it becomes."""
+    at_least("--max-epochs", args.max_epochs, 1)
+    at_least("--grace-period", args.grace_period, 1)
+    at_least("--num-samples", args.num_samples, 1)
+    at_least("--patience", args.patience, 0, " (0 = never stop a trial for decline)")
+    if finite("--reduction-factor", args.reduction_factor) <= 1:
+        raise UserError(f"--reduction-factor {args.reduction_factor:g}: must be > 1 (2 keeps the better half at "
+                        "each rung)")
+
+
+def _check_grace(max_epochs: int, grace: int) -> None:
+    if grace > max_epochs:
         raise UserError(f"--grace-period {grace}: must be between 1 and --max-epochs ({max_epochs})")
-    if factor <= 1:
-        raise UserError(f"--reduction-factor {factor:g}: must be > 1 (2 keeps the better half at each rung)")
-    if num_samples is not None and num_samples < 1:
-        raise UserError(f"--num-samples {num_samples}: must be >= 1")
 
 
 def _raw_space(space: SearchSpace) -> dict[str, Any]:

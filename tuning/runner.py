@@ -16,12 +16,15 @@ from pathlib import Path
 
 from hyperiqa.config import TrainConfig
 from hyperiqa.utils import UserError
+from tuning import experiment_folder
 from tuning.options import (
     absolute,
     check_dataset,
     check_name,
     for_ray,
     read_experiment_file,
+    resume_command,
+    writable_storage,
     write_experiment_file,
 )
 
@@ -87,7 +90,7 @@ def make_runset(kind: str, runs: list[tuple[str, dict, TrainConfig]], args, *, m
             checked.add(key)
         out.append({"id": run_id, "labels": labels, "config": cfg.to_dict()})
     name = check_name(args.name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    storage = absolute(args.storage_path)
+    storage = writable_storage(args.storage_path)
     out_dir = absolute(args.out or str(Path(f"{kind}_results") / name))
     return RunSet(kind, tuple(out), metric, gpus, per_trial, cpus, storage, name, out_dir, args.max_concurrent,
                   settings or {})
@@ -114,20 +117,37 @@ def execute(runset: RunSet, *, resume: bool = False, fn=None) -> tuple[dict[str,
         tuner = launch.build_fixed_tuner(runset, **kwargs)
         save_runset(runset)
     print(f"experiment: {runset.experiment_path} ({len(runset.runs)} runs at full budget)", flush=True)
-    interrupted = launch.fit(tuner)
+    with experiment_folder.disk_full_is_one_line(runset.experiment_path,
+                                                 resume_command(f"{runset.kind}.py", runset.experiment_path)):
+        interrupted = launch.fit(tuner)
     return collect(runset), interrupted
 
 
 def collect(runset: RunSet) -> dict[str, list[dict]]:
     """{run id: its reported epochs in epoch order (the last report of an epoch counts)}; [] if none."""
+    out: dict[str, list[dict]] = {r["id"]: [] for r in runset.runs}
+    for config, epochs in _reported(runset):
+        run_id = (config or {}).get("run")
+        if run_id in out and epochs:
+            by_epoch = {int(r["epoch"]): r for r in epochs if r.get("epoch", 0) >= 1}
+            out[run_id] = [by_epoch[e] for e in sorted(by_epoch)]
+    return out
+
+
+def _reported(runset: RunSet) -> list[tuple[dict, list[dict]]]:
+    """(config, reported results) per run, from Ray's experiment state, or from the runs' own folders when
+    a full disk left that state unreadable."""
     from ray import tune
 
+    damaged = experiment_folder.damaged_state(runset.experiment_path)
+    if damaged is not None:
+        from tuning.trial_folders import read_trials
+
+        print(f"warning: {damaged}; read the runs from their own folders instead", flush=True)
+        return [(t.config, t.epochs) for t in read_trials(runset.experiment_path)]
     analysis = tune.ExperimentAnalysis(runset.experiment_path, default_metric=runset.metric, default_mode="max")
-    out: dict[str, list[dict]] = {r["id"]: [] for r in runset.runs}
+    out = []
     for trial in analysis.trials:
         frame = analysis.trial_dataframes.get(trial.trial_id)
-        run_id = (trial.config or {}).get("run")
-        if run_id in out and frame is not None and len(frame):
-            by_epoch = {int(r["epoch"]): r for r in frame.to_dict("records") if r.get("epoch", 0) >= 1}
-            out[run_id] = [by_epoch[e] for e in sorted(by_epoch)]
+        out.append((trial.config, frame.to_dict("records") if frame is not None and len(frame) else []))
     return out

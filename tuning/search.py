@@ -22,8 +22,16 @@ import time
 
 from hyperiqa.config import SELECTION_METRICS
 from hyperiqa.utils import UserError, run_cli
-from tuning import confirm, crosseval, tracking
-from tuning.options import absolute, add_cluster_flags, add_data_flags, add_resource_flags, is_uri
+from tuning import confirm, crosseval, experiment_folder, tracking
+from tuning.options import (
+    absolute,
+    add_cluster_flags,
+    add_data_flags,
+    add_resource_flags,
+    is_uri,
+    resume_command,
+    writable_storage,
+)
 from tuning.plan import SEARCH_FILE, describe_defaults, make_plan
 
 
@@ -69,11 +77,17 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
     args = build_parser().parse_args(argv)
     confirm.check_search_flags(args)
     plan = resume_plan(args) if args.resume else new_plan(args)
-    from tuning.export import check_export_dir, export_experiment, save_plan
+    from tuning.export import check_export_dir
 
     check_export_dir(plan.export_dir, plan.experiment_path)  # refused now, not after the search has run
+    with experiment_folder.claim(plan.experiment_path, new=not args.resume):
+        return _search(args, plan, trial_fn)
+
+
+def _search(args, plan, trial_fn) -> int:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     from tuning import launch
+    from tuning.export import export_experiment, save_plan
 
     tracking.prepare(plan, resume=args.resume)  # packages and stores checked before Ray starts
     launch.start_ray(args.address, args.dashboard_host, args.dashboard_port)
@@ -85,7 +99,9 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
         save_plan(plan)
     print(f"experiment: {plan.experiment_path} ({plan.num_samples} trials, up to {plan.max_epochs} epochs each)")
     start = time.monotonic()
-    interrupted = launch.fit(tuner)
+    with experiment_folder.disk_full_is_one_line(plan.experiment_path,
+                                                 resume_command('search.py', plan.experiment_path)):
+        interrupted = launch.fit(tuner)
     minutes = (time.monotonic() - start) / 60
     result = export_experiment(plan.experiment_path, plan.export_dir, log=lambda *_: None)
     _print_summary(plan, result, minutes, interrupted)
@@ -104,9 +120,6 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
 
 def new_plan(args):
     plan = make_plan(args)  # every check that needs no Ray: space, --set, dataset, resources
-    if _has_state(plan.experiment_path):
-        raise UserError(f"--name {plan.name}: {plan.experiment_path} already holds an experiment; "
-                        "add --resume to continue it or choose another --name")
     if plan.metric.startswith("test_"):
         print(f"warning: --metric {plan.metric} selects trials and epochs on the TEST split (the paper's protocol): "
               "the reported test score is optimistic; use val_srcc for an honest estimate", file=sys.stderr)
@@ -116,21 +129,17 @@ def new_plan(args):
 def resume_plan(args):
     from tuning.export import load_plan
 
-    storage = absolute(args.storage_path)
+    storage = writable_storage(args.storage_path)
     name = args.name or _newest_experiment(storage)
     plan = load_plan(f"{storage.rstrip('/')}/{name}")
+    experiment_folder.check_resumable(plan.experiment_path, "`python tuning/export.py "
+                                      f"{plan.experiment_path}` exports what its trials saved")
     print(f"resuming {plan.experiment_path} with its saved settings (other search flags are ignored)")
     if args.export_dir:
         import dataclasses
 
         plan = dataclasses.replace(plan, export_dir=absolute(args.export_dir))
     return plan
-
-
-def _has_state(experiment_path: str) -> bool:
-    if is_uri(experiment_path):
-        return False  # Tune itself refuses to overwrite; checked locally only to fail before Ray starts
-    return any(Path(experiment_path).glob("experiment_state-*.json"))
 
 
 def _newest_experiment(storage: str) -> str:
@@ -144,7 +153,6 @@ def _newest_experiment(storage: str) -> str:
 
 def _print_summary(plan, result, minutes: float, interrupted: bool = False) -> None:
     from tuning import report
-    from tuning.options import resume_command
 
     counts: dict[str, int] = {}
     for row in result.rows:
