@@ -177,7 +177,7 @@ def work_train(spec: dict) -> dict:
                                             "patches_per_s", "time_s")} for m in solver.epochs()]
     out["train_patches_per_epoch"] = solver.data.train.num_patches
     evals = [c for c in (solver.data.val, solver.data.test) if c is not None]
-    out["batch_sizes"] = {"train": sorted(_batch_sizes(solver.data.train.num_patches, cfg.batch_size)),
+    out["batch_sizes"] = {"train": sorted({b - a for a, b in solver.data.train.bounds}),
                           "eval": sorted(set().union(*(_batch_sizes(c.num_patches, cfg.eval_batch_size)
                                                        for c in evals)))}
     if spec.get("checkpoint"):

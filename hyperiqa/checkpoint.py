@@ -6,6 +6,12 @@ A checkpoint folder (written by Solver.save_checkpoint) holds:
   split.csv          path,split of every image       preprocess.json   patch size, mean/std, resize rule,
                                                                        label range (the output's scale)
 Nothing is unpickled: weights are safetensors, trainer_state.pt loads with torch.load(weights_only=True).
+
+A folder is written under a temporary name beside its place and renamed in when complete (utils.atomic_dir),
+so a failed save (full disk, a killed process) leaves the previous checkpoint as it was. The weights carry
+their epoch in the safetensors metadata; resuming refuses a folder whose files are missing or whose
+weights and trainer state come from different epochs (a folder put together by hand, or by an old version
+that wrote the files one by one into place).
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ import safetensors.torch
 import torch
 
 from hyperiqa.config import TrainConfig
-from hyperiqa.utils import UserError, atomic_write_bytes, atomic_write_json
+from hyperiqa.utils import UserError, atomic_dir, atomic_write_bytes, atomic_write_json
 
 WEIGHTS, TRAINER_STATE, CONFIG, METRICS, SPLIT, PREPROCESS = (
     "model.safetensors", "trainer_state.pt", "config.yaml", "metrics.json", "split.csv", "preprocess.json")
+FILES = (WEIGHTS, TRAINER_STATE, CONFIG, METRICS, SPLIT, PREPROCESS)
+EPOCH_KEY = "epoch"  # safetensors metadata of the weights: the epoch they were saved after
 ORIGINAL_SUFFIXES = (".pkl", ".pth", ".pt")
 
 
@@ -49,13 +57,20 @@ def set_rng_state(state: dict) -> None:
 # --- writing ---------------------------------------------------------------------------------------
 def save_checkpoint_files(directory: Path, *, model_state: dict, trainer_state: dict, cfg: TrainConfig,
                           metrics: dict, data, mean, std) -> None:
-    """Write every file of a checkpoint folder, each atomically (readers never see a partial file)."""
+    """Write a checkpoint folder: built beside `directory`, then renamed over it in one step."""
+    with atomic_dir(directory) as tmp:
+        _write_files(tmp, model_state=model_state, trainer_state=trainer_state, cfg=cfg, metrics=metrics,
+                     data=data, mean=mean, std=std)
+
+
+def _write_files(directory: Path, *, model_state: dict, trainer_state: dict, cfg: TrainConfig,
+                 metrics: dict, data, mean, std) -> None:
     from hyperiqa.data.splits import save_split
 
-    directory.mkdir(parents=True, exist_ok=True)
     # clone(): safetensors refuses tensors that share storage; contiguous() undoes channels_last.
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in model_state.items()}
-    atomic_write_bytes(directory / WEIGHTS, safetensors.torch.save(weights))
+    epoch = {EPOCH_KEY: str(trainer_state["epoch"])} if "epoch" in trainer_state else None
+    atomic_write_bytes(directory / WEIGHTS, safetensors.torch.save(weights, metadata=epoch))
     buffer = io.BytesIO()
     torch.save(trainer_state, buffer)
     atomic_write_bytes(directory / TRAINER_STATE, buffer.getvalue())
@@ -88,6 +103,27 @@ def load_trainer_state(directory: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise UserError(f"{path}: cannot be loaded as trainer state ({exc})") from None
+
+
+def load_resume_state(directory: Path) -> dict:
+    """The full Solver state of a checkpoint folder, refusing one that is incomplete or mixes two epochs."""
+    directory = Path(directory)
+    missing = [name for name in FILES if not (directory / name).is_file()]
+    if missing and len(missing) < len(FILES):  # none at all: load_trainer_state says it is no checkpoint
+        raise UserError(f"checkpoint {directory} is incomplete (no {', '.join(missing)}): its save was "
+                        f"interrupted; resume from another checkpoint or start the run again")
+    state = load_trainer_state(directory)
+    state["model"] = load_weights(directory / WEIGHTS)
+    saved = _weights_epoch(directory / WEIGHTS)
+    if saved is not None and saved != str(state["epoch"]):
+        raise UserError(f"checkpoint {directory} mixes two epochs: {WEIGHTS} is from epoch {saved}, "
+                        f"{TRAINER_STATE} from epoch {state['epoch']}; resume from another checkpoint")
+    return state
+
+
+def _weights_epoch(path: Path) -> str | None:
+    with safetensors.safe_open(str(path), framework="pt") as fh:
+        return (fh.metadata() or {}).get(EPOCH_KEY)
 
 
 def read_preprocess(path) -> dict | None:

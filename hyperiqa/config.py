@@ -162,9 +162,11 @@ class TrainConfig:
     # --- files ------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
+        from hyperiqa.utils import read_text
+
         path = Path(path)
         try:
-            text = path.read_text()
+            text = read_text(path, "config file", ConfigError)
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         try:

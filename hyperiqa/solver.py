@@ -302,9 +302,7 @@ class Solver:
 
     def load_checkpoint(self, directory) -> None:
         """Restore a folder written by save_checkpoint (weights, optimizer, schedule, RNG, history)."""
-        state = ckpt.load_trainer_state(Path(directory))
-        state["model"] = ckpt.load_weights(Path(directory) / ckpt.WEIGHTS)
-        self.load_state_dict(state)
+        self.load_state_dict(ckpt.load_resume_state(Path(directory)))
 
 
 def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:

@@ -305,6 +305,7 @@ def test_check_cli_json(tmp_path, capsys):
     assert out["splits"] == {"train": 2, "val": 1, "test": 1}  # 4 groups: round(0.1*4) -> at least 1
     assert out["official_splits"] == {"train": 2, "val": 1, "test": 1}
     assert out["missing"] == [] and out["unreadable"] == [] and out["direction"] == "higher"
+    assert "the val split of the random split has 1 image" in out["split_errors"]["random"]  # training refuses it
 
 
 def test_check_cli_reports_missing_unreadable_and_user_errors(tmp_path, capsys):
@@ -319,3 +320,37 @@ def test_check_cli_reports_missing_unreadable_and_user_errors(tmp_path, capsys):
         run_cli(lambda: check_main(["--dataset", "csiq", "--data-root", str(tmp_path / "nope")]))
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().endswith(f"{tmp_path / 'nope'} does not exist")
+
+
+# --- an image listed twice ----------------------------------------------------------------------
+
+def test_an_image_listed_twice_is_refused_with_both_rows(tmp_path):
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "labels.csv").write_text("image,label\na.png,2\nb.png,9\n\nc.png,4\na.png,3\n")  # a blank line 4
+    write_images(root, ["a.png", "b.png", "c.png"])
+    with pytest.raises(DatasetError, match=f"csv: image {root / 'a.png'} is listed twice, in "
+                                           f"{root / 'labels.csv'} row 2 and row 6; keep one row per image"):
+        load_dataset("csv", str(root), {"csv": "labels.csv"})
+    tid = tmp_path / "tid2013"
+    tid.mkdir()
+    (tid / "mos_with_names.txt").write_text("5.5 i01_01_1.bmp\n3.0 i01_02_5.bmp\n5.4 I01_01_1.BMP\n")
+    write_images(tid / "distorted_images", ["i01_01_1.bmp", "i01_02_5.bmp"], "BMP")
+    with pytest.raises(DatasetError, match=r"tid2013: image .*i01_01_1.bmp is listed twice, in "
+                                           r".*mos_with_names.txt line 1 and line 3"):
+        load_dataset("tid2013", str(tid))  # the same file on disk, whatever the case in the list
+
+
+def test_verify_images_decodes_and_reports_a_truncated_jpeg(tmp_path, capsys):
+    root = make_koniq(tmp_path / "koniq")
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="JPEG", quality=95)
+    data = buffer.getvalue()
+    (root / "1024x768" / "10006.jpg").write_bytes(data[:len(data) // 2])  # header intact, scan cut
+    assert check_main(["--dataset", "koniq10k", "--data-root", str(root), "--verify-images"]) == 1
+    text = capsys.readouterr().out
+    assert "unreadable  1\n" in text and "10006.jpg  (OSError: image file is truncated" in text
+    assert check_main(["--dataset", "koniq10k", "--data-root", str(root), "--verify-images", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["unreadable"] == [str(root / "1024x768" / "10006.jpg")]

@@ -117,3 +117,20 @@ def test_rejects_bad_inputs(cache):
     with pytest.raises(ValueError, match="one per cache record"):
         TrainPatchSampler(cache, INDICES, LABELS[:4], patch_size=P, patches_per_image=1, batch_size=2,
                           hflip=False, seed=0, device="cpu", mean=MEAN, std=STD)
+
+
+def test_a_last_batch_of_one_patch_joins_the_batch_before_it(cache):
+    sampler = _train(cache, patches_per_image=7, batch_size=9)  # 28 patches = 3 x 9 + 1
+    batches = list(sampler.epoch(0))
+    assert [len(y) for _, y in batches] == [9, 9, 10] and len(sampler) == 3
+    plan = sampler.plan(0)
+    assert np.bincount(plan.item.numpy(), minlength=4).tolist() == [7, 7, 7, 7]  # every patch, once
+    for (a, b), flipped in zip(sampler.bounds, plan.flipped_per_batch):
+        assert plan.flip[a:b].tolist() == [True] * flipped + [False] * (b - a - flipped)
+    patches = torch.cat([x for x, _ in batches])
+    for k in (0, 18, 27):
+        record = int(INDICES[plan.item[k]])
+        want = _expected(cache, record, int(plan.y[k]), int(plan.x[k]), bool(plan.flip[k]))
+        np.testing.assert_allclose(patches[k].numpy(), want, atol=1e-5)
+    assert [len(y) for _, y in _train(cache, batch_size=6).epoch(0)] == [6, 6, 6, 2]  # a rest of 2 stays
+    assert [len(y) for _, y in _train(cache, patches_per_image=1, batch_size=3).epoch(0)] == [4]

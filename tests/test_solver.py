@@ -176,3 +176,11 @@ def test_standardized_labels_set_the_output_affine_and_survive_checkpoints(tiny_
     assert float(model.label_shift) == float(solver.model.label_shift)
     plain = Solver(tiny_cfg(epochs=1), log=quiet)
     assert float(plain.model.label_shift) == 0.0 and float(plain.model.label_scale) == 1.0
+
+
+def test_a_configuration_whose_last_batch_would_be_one_patch_trains(tiny_cfg):
+    # 16 training images x 1 patch, batch 5: 5, 5, 5 and 1 patch, which BatchNorm cannot train on.
+    solver = Solver(tiny_cfg(epochs=1, train_patches=1, batch_size=5), log=quiet)
+    assert solver.iters_per_epoch == 3
+    (m,) = list(solver.epochs())
+    assert m["status"] == "completed" and math.isfinite(m["train_loss"])

@@ -12,7 +12,7 @@ import pytest
 from hyperiqa.config import TrainConfig
 from hyperiqa.data.datasets import DatasetError, load_dataset
 from hyperiqa.data.readers.base import build_spec
-from hyperiqa.data.splits import load_split, make_split, save_split
+from hyperiqa.data.splits import load_split, make_split, official_split, random_split, save_split
 
 ROOT = Path("/data/live")
 
@@ -69,8 +69,8 @@ def test_one_image_per_group_splits_per_image():
     rows = [(f"/k/{i}.jpg", float(i), f"{i}.jpg") for i in range(10)]
     spec = build_spec("koniq10k", Path("/k"), rows, direction="higher", raw_range=(0, 100),
                       by_reference=False, default_short_side=384)
-    assert make_split(spec, cfg(val_fraction=0.2, test_fraction=0.3)).sizes() == {"train": 5, "val": 2,
-                                                                                   "test": 3}
+    assert random_split(spec, val_fraction=0.2, test_fraction=0.3, seed=0).sizes() == {"train": 5, "val": 2,
+                                                                                        "test": 3}
 
 
 def test_too_small_dataset_and_zero_fractions():
@@ -85,7 +85,7 @@ def test_too_small_dataset_and_zero_fractions():
 
 def test_official_split_and_its_absence():
     spec = replace(reference_spec(refs=2, per_ref=2), official_split=("train", "test", "val", "train"))
-    split = make_split(spec, cfg(split="official"))
+    split = official_split(spec)  # make_split would refuse its 1-image val and test splits
     assert (split.train.tolist(), split.val.tolist(), split.test.tolist()) == ([0, 3], [2], [1])
     with pytest.raises(DatasetError, match="dataset 'csiq' ships no official split"):
         make_split(replace(spec, name="csiq", official_split=None), cfg(split="official"))
@@ -98,7 +98,7 @@ def test_koniq_official_split_from_the_sets_file(tmp_path):
     (tmp_path / "koniq10k_distributions_sets.csv").write_text(
         "image_name,set\nd.jpg,training\nc.jpg,validation\nb.jpg,test\na.jpg,training\n")
     spec = load_dataset("koniq10k", str(tmp_path), check_files=False)
-    split = make_split(spec, cfg(dataset="koniq10k", split="official"))
+    split = official_split(spec)
     assert (split.train.tolist(), split.val.tolist(), split.test.tolist()) == ([0, 3], [2], [1])
 
 
@@ -119,7 +119,7 @@ def test_save_load_round_trip_with_relative_paths(tmp_path):
 def test_load_split_errors_name_the_file(tmp_path):
     spec = reference_spec(refs=3, per_ref=2)
     path = tmp_path / "split.csv"
-    save_split(path, spec, make_split(spec, cfg()))
+    save_split(path, spec, random_split(spec, val_fraction=0.1, test_fraction=0.2, seed=0))
     text = path.read_text()
     path.write_text(text + "stranger.png,train\n")
     with pytest.raises(DatasetError, match=f"split_file {path}: 1 paths are not images of dataset 'live'.*stranger"):
@@ -129,3 +129,35 @@ def test_load_split_errors_name_the_file(tmp_path):
         load_split(path, spec)
     with pytest.raises(DatasetError, match="split_file .*missing.csv: cannot read it"):
         load_split(tmp_path / "missing.csv", spec)
+
+
+def test_load_split_refuses_an_image_listed_twice(tmp_path):
+    spec = reference_spec(refs=3, per_ref=3)
+    path = tmp_path / "split.csv"
+    save_split(path, spec, random_split(spec, val_fraction=0.1, test_fraction=0.2, seed=0))
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines + [lines[3]]) + "\n")  # line 4 again, as line 11
+    image = lines[3].split(",")[0]
+    with pytest.raises(DatasetError, match=f"split_file {path}: image {image} is listed twice, lines 4 and 11"):
+        load_split(path, spec)
+
+
+def test_splits_too_small_for_a_correlation_are_refused_in_one_line():
+    per_image = build_spec("koniq10k", Path("/k"), [(f"/k/{i}.jpg", float(i), f"{i}.jpg") for i in range(12)],
+                           direction="higher", raw_range=(0, 100), by_reference=False, default_short_side=384)
+    with pytest.raises(DatasetError, match=r"koniq10k: the val split of the random split has 1 image \(12 in the "
+                                           r"dataset\); a correlation needs at least 3: raise val_fraction \(now 0.1\), "
+                                           r"or use a larger dataset") as exc:
+        make_split(per_image, cfg())
+    assert "\n" not in str(exc.value) and "set it to 0" not in str(exc.value)  # val selects the best epoch
+    with pytest.raises(DatasetError, match=r"the test split of the random split has 2 images .* raise test_fraction "
+                                           r"\(now 0.2\), set it to 0 to drop the test split"):
+        make_split(per_image, cfg(val_fraction=0.25, test_fraction=0.2))
+    assert make_split(per_image, cfg(val_fraction=0.25, test_fraction=0.0)).sizes() == {"train": 9, "val": 3,
+                                                                                          "test": 0}
+    official = replace(per_image, official_split=("train",) * 10 + ("val", "test"))
+    with pytest.raises(DatasetError, match="val split of the official split has 1 image.*use split=random"):
+        make_split(official, cfg(split="official"))
+    no_train = replace(per_image, official_split=("val",) * 6 + ("test",) * 6)
+    with pytest.raises(DatasetError, match="the official split leaves no training images"):
+        make_split(no_train, cfg(split="official"))

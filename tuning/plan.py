@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperiqa.config import TrainConfig, parse_assignments
-from hyperiqa.utils import UserError
+from hyperiqa.utils import UserError, read_text
 from tuning import crosseval, tracking
 from tuning.options import (
     absolute,
@@ -169,7 +169,7 @@ def _check_grace(max_epochs: int, grace: int) -> None:
 def _raw_space(space: SearchSpace) -> dict[str, Any]:
     import yaml
 
-    return yaml.safe_load(Path(space.source).read_text())
+    return yaml.safe_load(read_text(space.source, "search space"))
 
 
 def describe_defaults() -> dict[str, str]:

@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from hyperiqa.config import ConfigError, TrainConfig
-from hyperiqa.utils import UserError
+from hyperiqa.utils import UserError, read_text
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 TYPES = ("uniform", "loguniform", "int", "choice")
@@ -132,7 +132,7 @@ def space_path(name_or_path: str) -> Path:
 def load_space(name_or_path: str) -> SearchSpace:
     path = space_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path, "search space", SpaceError))
     except OSError as exc:
         raise SpaceError(f"cannot read search space {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:

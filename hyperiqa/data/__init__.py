@@ -13,7 +13,7 @@ import torch
 from hyperiqa.data.cache import DecodedCache
 from hyperiqa.data.patches import EvalCrops, TrainPatchSampler
 from hyperiqa.runtime import device_cache_bytes
-from hyperiqa.utils import UserError, default_cache_dir
+from hyperiqa.utils import default_cache_dir
 
 if TYPE_CHECKING:
     from hyperiqa.config import TrainConfig
@@ -43,9 +43,7 @@ def prepare_data(cfg: TrainConfig, *, device: torch.device | str, mean: Sequence
 
     device = torch.device(device)
     spec = dataset_from_config(cfg)
-    split = make_split(spec, cfg)
-    if len(split.train) == 0:
-        raise UserError(f"{spec.name}: the split leaves no training images; lower val_fraction/test_fraction")
+    split = make_split(spec, cfg)  # refuses a split without training images or too few to evaluate
     short_side = spec.default_short_side if cfg.resize_short_side is None else cfg.resize_short_side
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     cache = DecodedCache.build_or_open([r.path for r in spec.records], cache_dir=cache_dir / "decoded",

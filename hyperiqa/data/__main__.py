@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hyperiqa.config import TrainConfig
 from hyperiqa.data.datasets import DATASETS, GENERATED, DatasetError, DatasetSpec, load_dataset, missing_files
-from hyperiqa.data.splits import make_split
+from hyperiqa.data.splits import check_split, choose_split
 from hyperiqa.utils import run_cli
 
 LISTED = 10
@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="reader option, e.g. --option csv=labels.csv (repeatable)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the random split shown (default 0)")
     parser.add_argument("--cache-dir", default=None, help=f"where {' and '.join(GENERATED)} are generated (default $HYPERIQA_CACHE or ~/.cache/hyperiqa)")
-    parser.add_argument("--verify-images", action="store_true", help="open every image with PIL")
+    parser.add_argument("--verify-images", action="store_true", help="decode every image with PIL")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args(argv)
 
@@ -43,16 +43,21 @@ def parse_options(items: list[str]) -> dict[str, str]:
     return options
 
 
-def unreadable_images(paths: list[str]) -> list[str]:
+def unreadable_images(paths: list[str]) -> dict[str, str]:
+    """{path: why} of the images that do not decode, as the cache will decode them.
+
+    Image.verify() only checks a file's structure: a JPEG cut off half-way passes it and then fails
+    in the cache build, hours into a search's start. load() decodes every pixel.
+    """
     from PIL import Image
 
-    bad = []
+    bad = {}
     for path in paths:
         try:
             with Image.open(path) as im:
-                im.verify()
-        except Exception:  # PIL raises many types for a corrupt file; all mean "unreadable"
-            bad.append(path)
+                im.load()
+        except Exception as exc:  # PIL raises many types for a corrupt file; all mean "unreadable"
+            bad[path] = f"{type(exc).__name__}: {exc}"
     return bad
 
 
@@ -63,7 +68,9 @@ def split_sizes(spec: DatasetSpec, seed: int) -> tuple[dict, dict]:
     for mode in modes:
         cfg = TrainConfig(dataset=spec.name, split=mode, split_seed=seed)
         try:
-            sizes[mode] = make_split(spec, cfg).sizes()
+            split = choose_split(spec, cfg)
+            sizes[mode] = split.sizes()
+            check_split(spec, split, cfg)  # sizes shown, and why training would refuse them
         except DatasetError as exc:
             errors[mode] = str(exc)
     return sizes, errors
@@ -87,7 +94,8 @@ def summarize(args: argparse.Namespace) -> dict:
     }
     if args.verify_images:
         present = set(missing)
-        summary["unreadable"] = unreadable_images([p for p in spec.paths if p not in present])
+        errors = unreadable_images([p for p in spec.paths if p not in present])
+        summary["unreadable"], summary["unreadable_errors"] = list(errors), errors
     return summary
 
 
@@ -104,9 +112,11 @@ def print_text(s: dict) -> None:
             print(f"split       {mode}: " + ", ".join(f"{name} {n}" for name, n in sizes.items()))
     for mode, error in s["split_errors"].items():
         print(f"split       {mode}: {error}")
+    why = s.get("unreadable_errors", {})
     for key in ("missing", "unreadable"):
         if key in s:
-            print(f"{key:<11} {len(s[key])}" + "".join(f"\n  {p}" for p in s[key][:LISTED]) +
+            print(f"{key:<11} {len(s[key])}" + "".join(f"\n  {p}" + (f"  ({why[p]})" if p in why else "")
+                                                   for p in s[key][:LISTED]) +
                   (f"\n  ... and {len(s[key]) - LISTED} more" if len(s[key]) > LISTED else ""))
 
 

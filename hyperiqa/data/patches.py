@@ -158,11 +158,25 @@ def _offsets(gen: torch.Generator, limit: torch.Tensor) -> torch.Tensor:
     return (torch.rand(limit.shape, generator=gen, dtype=torch.float64) * limit).long().clamp_(max=limit - 1)
 
 
-def _flips_first(item, y, x, flip, batch_size) -> CropPlan:
+def batch_bounds(num_patches: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, end) of each training batch: batch_size each, the last one the rest.
+
+    A rest of ONE patch joins the batch before it (batch_size + 1) instead: BatchNorm in training mode
+    cannot normalise a batch of one ("Expected more than 1 value per channel"), and folding keeps every
+    patch of the epoch, where dropping it would not. Every other configuration is cut as before.
+    """
+    starts = list(range(0, num_patches, batch_size))
+    if num_patches % batch_size == 1 and len(starts) > 1:
+        starts.pop()
+    return [(a, b) for a, b in zip(starts, [*starts[1:], num_patches])]
+
+
+def _flips_first(item, y, x, flip, bounds: list[tuple[int, int]]) -> CropPlan:
     """Reorder each batch so its flipped crops come first; the batch's set of crops is unchanged."""
-    batch = torch.arange(len(item)) // batch_size
+    sizes = torch.tensor([b - a for a, b in bounds], dtype=torch.long)
+    batch = torch.repeat_interleave(torch.arange(len(bounds)), sizes)  # the batch of each crop
     order = torch.argsort(batch * 2 + (~flip).long(), stable=True)
-    counts = torch.zeros(int(batch[-1]) + 1 if len(item) else 0, dtype=torch.long).index_add_(0, batch, flip.long())
+    counts = torch.zeros(len(bounds), dtype=torch.long).index_add_(0, batch, flip.long())
     return CropPlan(item[order], y[order], x[order], flip[order], counts.tolist())
 
 
@@ -183,12 +197,13 @@ class TrainPatchSampler:
         self.patch_size, self.batch_size, self.hflip, self.seed = patch_size, batch_size, hflip, seed
         self.patches_per_image = patches_per_image
         self.num_patches = len(self.indices) * patches_per_image
+        self.bounds = batch_bounds(self.num_patches, batch_size)
         self.store = _ImageStore(cache, self.indices, patch_size, self.device, device_cache_bytes)
         self.labels = torch.from_numpy(labels[self.indices])
         self.normalise = _Normaliser(mean, std, self.device, channels_last)
 
     def __len__(self) -> int:
-        return math.ceil(self.num_patches / self.batch_size)
+        return len(self.bounds)
 
     def plan(self, epoch: int) -> CropPlan:
         """The crops of `epoch`, a pure function of (seed, epoch)."""
@@ -200,14 +215,14 @@ class TrainPatchSampler:
         y = _offsets(gen, self.store.heights[item] - p + 1)
         x = _offsets(gen, self.store.widths[item] - p + 1)
         flip = torch.rand(self.num_patches, generator=gen) < 0.5 if self.hflip else torch.zeros_like(item, dtype=torch.bool)
-        return _flips_first(item, y, x, flip, self.batch_size)
+        return _flips_first(item, y, x, flip, self.bounds)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         plan = self.plan(epoch)
         start, w3 = self.store.starts(plan)
         labels = self.labels[plan.item].to(self.device)
-        for b, flipped in enumerate(plan.flipped_per_batch):
-            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+        for (a, b), flipped in zip(self.bounds, plan.flipped_per_batch):
+            sl = slice(a, b)
             yield self.normalise(self.store.gather(start[sl], w3[sl]), flipped), labels[sl]
 
 

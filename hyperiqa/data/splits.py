@@ -17,7 +17,7 @@ import numpy as np
 
 from hyperiqa.config import TrainConfig
 from hyperiqa.data.readers.base import SPLIT_NAMES, DatasetError, DatasetSpec
-from hyperiqa.utils import atomic_write_text
+from hyperiqa.utils import atomic_write_text, read_text
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,8 +30,18 @@ class Split:
         return {name: len(getattr(self, name)) for name in SPLIT_NAMES}
 
 
+MIN_EVAL_IMAGES = 3  # the fewest images an SRCC/PLCC means anything on (1: undefined, 2: always +-1)
+
+
 def make_split(spec: DatasetSpec, cfg: TrainConfig) -> Split:
-    """The split cfg asks for: split_file (or split=file) > official > random."""
+    """The split cfg asks for, refused when it cannot train or give a correlation (check_split)."""
+    split = choose_split(spec, cfg)
+    check_split(spec, split, cfg)
+    return split
+
+
+def choose_split(spec: DatasetSpec, cfg: TrainConfig) -> Split:
+    """split_file (or split=file) > official > random, whatever the sizes."""
     if cfg.split_file or cfg.split == "file":
         if not cfg.split_file:
             raise DatasetError("split = 'file' needs split_file (a CSV written by an earlier run)")
@@ -40,6 +50,38 @@ def make_split(spec: DatasetSpec, cfg: TrainConfig) -> Split:
         return official_split(spec)
     seed = cfg.split_seed if cfg.split_seed is not None else cfg.seed
     return random_split(spec, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=seed)
+
+
+def check_split(spec: DatasetSpec, split: Split, cfg: TrainConfig) -> None:
+    """Refuse, before any training, a split with no training image or a val/test split of 1-2 images.
+
+    Such a run used to train to nothing: every epoch's val/test SRCC undefined (1 image) or +-1
+    (2 images), no best epoch, exit code 0. An empty val/test split is allowed (fraction 0); the
+    selection metric's split must then exist, which the Solver and tuning's check_dataset check.
+    """
+    sizes = split.sizes()
+    if sizes["train"] == 0:
+        raise DatasetError(f"{spec.name}: the {_source(cfg)} leaves no training images; {_fix(cfg, 'train')}")
+    for name in ("val", "test"):
+        if 0 < sizes[name] < MIN_EVAL_IMAGES:
+            raise DatasetError(f"{spec.name}: the {name} split of the {_source(cfg)} has {sizes[name]} "
+                               f"image{'s' if sizes[name] > 1 else ''} ({len(spec.records)} in the dataset); "
+                               f"a correlation needs at least {MIN_EVAL_IMAGES}: {_fix(cfg, name)}")
+
+
+def _source(cfg: TrainConfig) -> str:
+    if cfg.split_file or cfg.split == "file":
+        return f"split_file {cfg.split_file}"
+    return "official split" if cfg.split == "official" else "random split"
+
+
+def _fix(cfg: TrainConfig, name: str) -> str:
+    if cfg.split_file or cfg.split == "file":
+        return f"give it more rows in {cfg.split_file}"
+    if cfg.split == "official" or name == "train":
+        return "use split=random with smaller val/test fractions, or a larger dataset"
+    drop = "" if cfg.selection_metric.startswith(f"{name}_") else f", set it to 0 to drop the {name} split"
+    return f"raise {name}_fraction (now {getattr(cfg, f'{name}_fraction'):g}){drop}, or use a larger dataset"
 
 
 def random_split(spec: DatasetSpec, *, val_fraction: float, test_fraction: float, seed: int) -> Split:
@@ -97,7 +139,7 @@ def load_split(path: str | Path, spec: DatasetSpec) -> Split:
     """Read a save_split CSV; every row must name a dataset image and every image must have a row."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_text(path, "split_file", DatasetError)
     except OSError as exc:
         raise DatasetError(f"split_file {path}: cannot read it ({exc.strerror})") from None
     rows = list(csv.reader(io.StringIO(text)))
@@ -105,6 +147,7 @@ def load_split(path: str | Path, spec: DatasetSpec) -> Split:
         raise DatasetError(f"split_file {path}: expected a CSV with the header 'path,split'")
     index = {os.path.normpath(p): i for i, p in enumerate(spec.paths)}
     assigned: dict[int, str] = {}
+    line_of: dict[int, int] = {}
     unknown = []
     for line, row in enumerate(rows[1:], start=2):
         if not row:
@@ -114,8 +157,11 @@ def load_split(path: str | Path, spec: DatasetSpec) -> Split:
         i = index.get(os.path.normpath(os.path.join(spec.root, row[0])))  # join keeps absolute paths
         if i is None:
             unknown.append(row[0])
+        elif i in assigned:
+            raise DatasetError(f"split_file {path}: image {row[0]} is listed twice, lines {line_of[i]} and {line}; "
+                               "keep one row per image")
         else:
-            assigned[i] = row[1]
+            assigned[i], line_of[i] = row[1], line
     if unknown:
         raise DatasetError(f"split_file {path}: {len(unknown)} paths are not images of dataset '{spec.name}' "
                            f"(root {spec.root}), e.g. {', '.join(unknown[:5])}")

@@ -43,7 +43,7 @@ def read_koniq10k(root: Path, options: dict) -> DatasetSpec:
     index = FolderIndex(folder)
     rows = [(index.path(img), m, img) for img, m in zip(images, mos)]
     return build_spec(name, root, rows, direction="higher", raw_range=(0.0, 100.0), by_reference=False,
-                      default_short_side=384, official_split=_koniq_sets(root, images))
+                      default_short_side=384, official_split=_koniq_sets(root, images), sources=table.sources())
 
 
 def _koniq_folder(root: Path, option: str | None) -> Path:
@@ -90,8 +90,9 @@ def read_livec(root: Path, options: dict) -> DatasetSpec:
                            f"AllMOS_release has {len(mos)}")
     index = FolderIndex(root / "Images")
     rows = [(index.path(n), m, n) for n, m in list(zip(names, mos))[7:]]
+    names_file = root / "Data" / "AllImages_release.mat"
     return build_spec(name, root, rows, direction="higher", raw_range=(0.0, 100.0), by_reference=False,
-                      default_short_side=None)
+                      default_short_side=None, sources=[(names_file, f"entry {i}") for i in range(8, len(names) + 1)])
 
 
 def read_bid(root: Path, options: dict) -> DatasetSpec:
@@ -102,8 +103,8 @@ def read_bid(root: Path, options: dict) -> DatasetSpec:
     check_options(name, options, [])
     table = read_xlsx(name, root / "DatabaseGrades.xlsx")
     index = FolderIndex(root)
-    rows = []
-    for line, row in enumerate(table.rows, start=2):
+    rows, sources = [], []
+    for line, row in zip(table.lines, table.rows):
         if len(row) < 2 or row[0] is None:
             continue
         where = f"{table.path} row {line}"
@@ -111,8 +112,9 @@ def read_bid(root: Path, options: dict) -> DatasetSpec:
         mos = to_float(name, row[1], f"{where} column 2 (MOS)")
         image = f"DatabaseImage{int(number):04d}.JPG"
         rows.append((index.path(image), mos, image))
+        sources.append((table.path, f"row {line}"))
     return build_spec(name, root, rows, direction="higher", raw_range=(0.0, 5.0), by_reference=False,
-                      default_short_side=512)
+                      default_short_side=512, sources=sources)
 
 
 def read_spaq(root: Path, options: dict) -> DatasetSpec:
@@ -126,4 +128,4 @@ def read_spaq(root: Path, options: dict) -> DatasetSpec:
     index = FolderIndex(root / "TestImage")
     rows = [(index.path(img), m, img) for img, m in zip(images, mos)]
     return build_spec(name, root, rows, direction="higher", raw_range=(0.0, 100.0), by_reference=False,
-                      default_short_side=512)
+                      default_short_side=512, sources=table.sources())

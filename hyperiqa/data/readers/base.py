@@ -7,6 +7,7 @@ and what was expected there, so a wrong folder is caught before any training sta
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hyperiqa.utils import UserError
+from hyperiqa.utils import UserError, read_text
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -68,8 +69,12 @@ class DatasetSpec:
 
 def build_spec(name: str, root: Path, rows: Iterable[tuple[str, float, str]], *, direction: str,
                raw_range: tuple[float, float], by_reference: bool, default_short_side: int | None,
-               official_split: Sequence[str] | None = None) -> DatasetSpec:
-    """Turn (path, raw label, group) rows into a spec; lower-is-better labels become lo + hi - raw."""
+               official_split: Sequence[str] | None = None,
+               sources: Sequence[tuple[Path, str]] | None = None) -> DatasetSpec:
+    """Turn (path, raw label, group) rows into a spec; lower-is-better labels become lo + hi - raw.
+
+    `sources`: where each row comes from, (file, "row 7"), for the error on an image listed twice.
+    """
     lo, hi = raw_range
     records = tuple(
         Record(path=str(path), label=float(lo + hi - raw) if direction == "lower" else float(raw),
@@ -77,10 +82,24 @@ def build_spec(name: str, root: Path, rows: Iterable[tuple[str, float, str]], *,
         for path, raw, group in rows)
     if not records:
         raise DatasetError(f"{name}: no images listed under {root}")
+    check_unique(name, [r.path for r in records], sources or [(root, f"entry {i}") for i in range(1, len(records) + 1)])
     return DatasetSpec(name=name, root=str(root), records=records, direction=direction,
                        raw_range=(float(lo), float(hi)), by_reference=by_reference,
                        official_split=tuple(official_split) if official_split is not None else None,
                        default_short_side=default_short_side)
+
+
+def check_unique(name: str, paths: Sequence[str], sources: Sequence[tuple[Path, str]]) -> None:
+    """Refuse an image listed twice: the split, the cache and evaluation all key images by path."""
+    first: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        key = os.path.normpath(path)
+        if key in first:
+            (file_a, where_a), (file_b, where_b) = sources[first[key]], sources[i]
+            places = f"{file_a} {where_a} and {where_b}" if file_a == file_b else \
+                f"{file_a} {where_a} and {file_b} {where_b}"
+            raise DatasetError(f"{name}: image {path} is listed twice, in {places}; keep one row per image")
+        first[key] = i
 
 
 # --- options ------------------------------------------------------------------------------------
@@ -150,8 +169,13 @@ def missing_files(paths: Iterable[str]) -> list[str]:
 class Table:
     """Rows of a CSV or XLSX file with named columns; column lookups fail with the file and the header."""
 
-    def __init__(self, name: str, path: Path, header: list[str], rows: list[list]):
+    def __init__(self, name: str, path: Path, header: list[str], rows: list[list], lines: list[int] | None = None):
         self.name, self.path, self.header, self.rows = name, path, header, rows
+        # The row number of each row in the file (blank lines skipped), for error messages.
+        self.lines = lines if lines is not None else list(range(2, len(rows) + 2))
+
+    def sources(self) -> list[tuple[Path, str]]:
+        return [(self.path, f"row {line}") for line in self.lines]
 
     def column(self, column: str) -> list:
         if column not in self.header:
@@ -162,13 +186,13 @@ class Table:
 
     def numbers(self, column: str) -> list[float]:
         values = []
-        for line, value in enumerate(self.column(column), start=2):
+        for line, value in zip(self.lines, self.column(column)):
             values.append(to_float(self.name, value, f"{self.path} row {line} column '{column}'"))
         return values
 
     def strings(self, column: str) -> list[str]:
         values = self.column(column)
-        for line, value in enumerate(values, start=2):
+        for line, value in zip(self.lines, values):
             if value is None or str(value).strip() == "":
                 raise DatasetError(f"{self.name}: {self.path} row {line}: empty '{column}'")
         return [str(v).strip() for v in values]
@@ -186,11 +210,15 @@ def to_float(name: str, value, where: str) -> float:
 
 def read_csv(name: str, path: Path) -> Table:
     require_file(name, path, "annotation file")
-    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel writes a BOM
-        lines = [row for row in csv.reader(fh) if any(cell.strip() for cell in row)]
-    if not lines:
+    reader = csv.reader(io.StringIO(read_text(path, f"{name}: annotation file", DatasetError), newline=""))
+    rows, numbers = [], []
+    for row in reader:
+        if any(cell.strip() for cell in row):
+            rows.append(row)
+            numbers.append(reader.line_num)
+    if not rows:
         raise DatasetError(f"{name}: annotation file {path} is empty")
-    return Table(name, path, [h.strip() for h in lines[0]], lines[1:])
+    return Table(name, path, [h.strip() for h in rows[0]], rows[1:], numbers[1:])
 
 
 def read_xlsx(name: str, path: Path) -> Table:
@@ -206,17 +234,18 @@ def read_xlsx(name: str, path: Path) -> Table:
         rows = [list(r) for r in book.worksheets[0].iter_rows(values_only=True)]
     finally:
         book.close()
-    rows = [r for r in rows if any(v is not None and str(v).strip() for v in r)]
+    numbers = [n for n, r in enumerate(rows, 1) if any(v is not None and str(v).strip() for v in r)]
+    rows = [rows[n - 1] for n in numbers]
     if not rows:
         raise DatasetError(f"{name}: annotation file {path} is empty")
-    return Table(name, path, ["" if h is None else str(h).strip() for h in rows[0]], rows[1:])
+    return Table(name, path, ["" if h is None else str(h).strip() for h in rows[0]], rows[1:], numbers[1:])
 
 
 def read_lines(name: str, path: Path, fields: int) -> list[tuple[int, list[str]]]:
     """Whitespace-separated text lines with `fields` fields: (line number, fields)."""
     require_file(name, path, "annotation file")
     out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for number, line in enumerate(read_text(path, f"{name}: annotation file", DatasetError).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue

@@ -53,7 +53,7 @@ def read_csv_dataset(root: Path, options: dict, *, name: str = "csv", by_referen
     if by_reference is None:
         by_reference = bool(group_column)
     return build_spec(name, root, zip(paths, raw, groups), direction=direction, raw_range=raw_range,
-                      by_reference=by_reference, default_short_side=None)
+                      by_reference=by_reference, default_short_side=None, sources=table.sources())
 
 
 def read_demo(root: Path, options: dict) -> DatasetSpec:

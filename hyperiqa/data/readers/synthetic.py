@@ -55,10 +55,11 @@ def read_csiq(root: Path, options: dict) -> DatasetSpec:
     check_options(name, options, [])
     path = root / "csiq_label.txt"
     index = FolderIndex(root / "dst_imgs_all")
+    lines = read_lines(name, path, 2)
     rows = [(index.path(img), to_float(name, dmos, f"{path} line {line}"), img.split(".")[0])
-            for line, (img, dmos) in read_lines(name, path, 2)]
+            for line, (img, dmos) in lines]
     return build_spec(name, root, rows, direction="lower", raw_range=(0.0, 1.0), by_reference=True,
-                      default_short_side=None)
+                      default_short_side=None, sources=[(path, f"line {line}") for line, _ in lines])
 
 
 _TID_REFERENCE = re.compile(r"^i(\d+)_", re.IGNORECASE)
@@ -72,14 +73,15 @@ def read_tid2013(root: Path, options: dict) -> DatasetSpec:
     check_options(name, options, [])
     path = root / "mos_with_names.txt"
     index = FolderIndex(root / "distorted_images")
-    rows = []
+    rows, sources = [], []
     for line, (mos, img) in read_lines(name, path, 2):
         match = _TID_REFERENCE.match(img)
         if match is None:
             raise DatasetError(f"tid2013: {path} line {line}: image name {img!r} is not like i01_01_1.bmp")
         rows.append((index.path(img), to_float(name, mos, f"{path} line {line}"), match.group(1)))
+        sources.append((path, f"line {line}"))
     return build_spec(name, root, rows, direction="higher", raw_range=(0.0, 9.0), by_reference=True,
-                      default_short_side=None)
+                      default_short_side=None, sources=sources)
 
 
 def read_kadid10k(root: Path, options: dict) -> DatasetSpec:
@@ -91,4 +93,4 @@ def read_kadid10k(root: Path, options: dict) -> DatasetSpec:
     index = FolderIndex(root / "images")
     rows = [(index.path(img), d, ref) for img, ref, d in zip(images, refs, dmos)]
     return build_spec(name, root, rows, direction="higher", raw_range=(1.0, 5.0), by_reference=True,
-                      default_short_side=None)
+                      default_short_side=None, sources=table.sources())
