@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import math
@@ -12,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import ray
+import ray._private.ray_constants as ray_constants
 from ray import tune
 
 from hyperiqa.utils import UserError
@@ -46,7 +48,8 @@ def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: i
                 "token in ~/.ray/auth_token can run code on this machine; keep it on a trusted network")
         kwargs.update(include_dashboard=True, dashboard_host=host, dashboard_port=dashboard_port)
     try:
-        context = ray.init(**kwargs)
+        with contextlib.nullcontext() if address else _loopback_node():
+            context = ray.init(**kwargs)
     except ray.exceptions.AuthenticationError as exc:
         raise UserError(f"--address {address}: the cluster uses token authentication and refused this "
                         f"machine's token ({str(exc).splitlines()[0]}); copy the head's ~/.ray/auth_token here "
@@ -62,6 +65,26 @@ def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: i
         log(f"Ray dashboard: not started, its packages are missing ({missing}); pip install 'ray[default]'")
     else:
         log("Ray dashboard: not running on this cluster (start the head with `ray start --head --include-dashboard=true`)")
+
+
+@contextlib.contextmanager
+def _loopback_node():
+    """A Ray started meanwhile takes 127.0.0.1 as its node IP, so its servers listen on loopback only.
+
+    Ray 2.60 on Linux resolves a node IP of 127.0.0.1 (also an explicit `_node_ip_address`) to the machine's
+    routable address; then GCS, raylet, object manager and worker gRPC listen on [::], the agents and the
+    Prometheus endpoints on 0.0.0.0 or that address. With ENABLE_RAY_CLUSTER off (Ray's single-node mode, as
+    on macOS; the env var RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER sets it, but only when Ray is imported) the node IP
+    is 127.0.0.1, and every process Ray starts binds loopback. Its children take the IP from their command
+    line, so the switch is needed only while ray.init() starts them. Joining a cluster takes the IP from the
+    node it joins, whatever the switch.
+    """
+    previous = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous
 
 
 def dashboard_auth_mode(url: str, timeout: float = 3.0) -> str | None:
