@@ -59,3 +59,13 @@ def test_train_eval_images_leaves_training_and_val_test_metrics_unchanged(tiny_c
     assert all(m["train_image_srcc"] is not None for m in with_subset)
     assert torch.equal(states[0][0], states[1][0]) and np.array_equal(states[0][1], states[1][1])
     assert states[0][2] == states[1][2]
+
+
+def test_the_epoch_line_shows_the_image_level_train_srcc_when_there_is_one():
+    from hyperiqa.train import epoch_line
+
+    m = {"epoch": 1, "train_loss": 1.0, "train_srcc": 0.25, "val_srcc": 0.5, "val_plcc": 0.5, "test_srcc": 0.5,
+         "test_plcc": 0.5, "lr_backbone": 1e-3, "lr_head": 1e-2, "patches_per_s": 10.0, "time_s": 1.0,
+         "status": "running"}
+    assert "(image)" not in epoch_line(m, 2)
+    assert "train_srcc(patch) 0.2500  (image) 0.7500  val" in epoch_line({**m, "train_image_srcc": 0.75}, 2)
