@@ -34,6 +34,8 @@ OPTIMIZERS = ("adam", "adamw")
 SELECTION_METRICS = ("val_srcc", "val_plcc", "test_srcc", "test_plcc")
 SPLIT_MODES = ("random", "official", "file")
 LABEL_NORMS = ("none", "standardize")
+HEADS = ("hyper", "plain")
+LOSSES = ("l1", "plcc", "l1_rank")  # hyperiqa/losses.py
 # Settings of the machine a run happens on, not of the model: a search sets them per trial (one GPU
 # share, one thread per CPU), and every checkpoint stores them reset so it loads on any machine.
 RUNTIME_FIELDS = ("device", "num_threads", "gpu_memory_fraction")
@@ -71,6 +73,10 @@ class TrainConfig:
     backbone_weights: str | None = _f(None, doc="local backbone weights file (.safetensors/.pth); overrides pretrained")
     multiscale: bool = _f(False, doc="feed all backbone stages (pooled to the last stage's size) to the hyper network")
     frozen_stages: int = _f(0, min=0, max=8, doc="freeze the stem and the first N backbone stages (0 = none)")
+    head: str = _f("hyper", choices=HEADS,
+                   doc="hyper: HyperIQA's hyper network and target network (the paper); plain: global average "
+                       "pooling of the last stage + MLP C-512-1 on the same backbone, the baseline IQA papers "
+                       "compare HyperIQA against (a control for the hyper network; exports as onnx only)")
     # --- patches ----------------------------------------------------------------------------
     patch_size: int = _f(224, min=32, max=1024)
     train_patches: int = _f(25, min=1, doc="random patches per training image per epoch")
@@ -91,6 +97,10 @@ class TrainConfig:
     min_lr_ratio: float = _f(0.01, min=0.0, max=1.0, doc="cosine: floor as a fraction of the initial LR")
     warmup_epochs: float = _f(0.0, min=0.0, doc="linear warmup length in epochs (fractions allowed)")
     grad_clip: float = _f(0.0, min=0.0, doc="clip the gradient norm to this (0 = off)")
+    loss: str = _f("l1", choices=LOSSES,
+                   doc="l1: mean absolute error (the paper); plcc: 1 - Pearson correlation over the batch "
+                       "(pyiqa's HyperIQA recipe; 1 where undefined: a constant batch or one patch); "
+                       "l1_rank: l1 + 1.0 x mean pairwise ranking hinge over the batch's pairs")
     label_norm: str = _f("none", choices=LABEL_NORMS,
                          doc="standardize: the model's output is scaled and shifted by the training labels' "
                              "std and mean (so its random-init output starts at the label mean); none: the "
@@ -98,6 +108,9 @@ class TrainConfig:
     # --- selection and stopping -------------------------------------------------------------
     selection_metric: str = _f("val_srcc", choices=SELECTION_METRICS)
     patience: int = _f(0, min=0, doc="stop after this many epochs without a new best (0 = never)")
+    train_eval_images: int = _f(0, min=0, doc="after every epoch also evaluate this many training images (a "
+                                              "fixed seeded subset) as val/test are: train_image_srcc/plcc, "
+                                              "image level beside the patch-level train_srcc (0 = off)")
     # --- the original solver's defects, for ablations -------------------------------------------
     legacy: list = _f([], doc="original-solver defects to reproduce (docs/original-defects.md), or [all]: "
                               + ", ".join(LEGACY_DEFECTS) + "; [] = the fixed solver")

@@ -11,6 +11,8 @@ from scipy import optimize, stats
 EPOCH = "epoch"
 TRAIN_LOSS = "train_loss"
 TRAIN_SRCC = "train_srcc"  # patch level, on the patches seen during the epoch
+# Image level, on cfg.train_eval_images training images cut and averaged as val/test images are
+TRAIN_IMAGE_SRCC, TRAIN_IMAGE_PLCC = "train_image_srcc", "train_image_plcc"
 VAL_SRCC, VAL_PLCC, VAL_KRCC, VAL_RMSE = "val_srcc", "val_plcc", "val_krcc", "val_rmse"
 TEST_SRCC, TEST_PLCC, TEST_KRCC, TEST_RMSE = "test_srcc", "test_plcc", "test_krcc", "test_rmse"
 LR_BACKBONE, LR_HEAD = "lr_backbone", "lr_head"

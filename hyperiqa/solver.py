@@ -7,8 +7,10 @@ and the whole state (weights, optimizer, schedule, RNG, best epoch) can be saved
 cfg.legacy brings the original's defects back one by one, for ablations: the LR and optimizer rules
 live in hyperiqa/schedules.py (group_factors, epoch_start), random evaluation crops in _eval_crops.
 
-Metrics per epoch: train_loss (mean L1 over patches) and train_srcc (PATCH level, on the patches seen
-during the epoch); val_*/test_* are image level (metrics.IMAGE_METRICS: srcc, plcc, plcc_logistic, krcc, rmse).
+Metrics per epoch: train_loss (cfg.loss per batch, averaged over patches) and train_srcc (PATCH level, on
+the patches seen during the epoch); val_*/test_* are image level (metrics.IMAGE_METRICS: srcc, plcc,
+plcc_logistic, krcc, rmse). With cfg.train_eval_images > 0 also train_image_srcc/plcc: a fixed seeded
+subset of the training images evaluated exactly as val and test are (same crops rule, same averaging).
 """
 
 from __future__ import annotations
@@ -21,16 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hyperiqa import checkpoint as ckpt
 from hyperiqa import metrics as M
 from hyperiqa.config import ConfigError, TrainConfig
+from hyperiqa.losses import loss_function
 from hyperiqa.runtime import apply_runtime, resolve_device
 from hyperiqa.schedules import build_scheduler, epoch_start
 from hyperiqa.utils import UserError, seed_everything
 
 EVAL_SPLITS = ("val", "test", "train", "all")
+_TRAIN_SUBSET_STREAM = 0x7EA1_5E7  # separates the train_eval_images subset's random draw from other seeded ones
 
 
 def autocast(device: torch.device, amp: bool):
@@ -85,6 +88,8 @@ class Solver:
             self._standardize_output()
         # torch.compile wraps the module; self.model stays the plain one so state_dict keys never change.
         self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.loss_fn = loss_function(cfg.loss)
+        self.train_eval = self._crops(self._train_eval_indices()) if cfg.train_eval_images else None
         self.optimizer = self._build_optimizer()
         self.iters_per_epoch = max(len(data.train), 1)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.iters_per_epoch)
@@ -146,7 +151,7 @@ class Solver:
         for i, (x, y) in enumerate(sampler.epoch(self.epoch), 1):
             with self._autocast():
                 pred = self.forward(x).float()
-            loss = F.l1_loss(pred, y)
+            loss = self.loss_fn(pred, y)
             # Through the model, not the optimizer: a head left out of the optimizer (legacy
             # head_frozen_after_epoch1) must not accumulate gradients into a later grad_clip norm.
             self.model.zero_grad(set_to_none=True)
@@ -195,6 +200,10 @@ class Solver:
         indices = self._eval_indices(split)
         if len(indices) == 0:
             raise UserError(f"split {split!r} has no images in this dataset split")
+        return self._crops(indices)
+
+    def _crops(self, indices: np.ndarray):
+        """Fixed evaluation crops of `indices` (cache records), by the rule prepare_data uses for val/test."""
         from hyperiqa.data.patches import EvalCrops
 
         cfg = self.cfg
@@ -203,6 +212,14 @@ class Solver:
                          mean=self.model.input_mean, std=self.model.input_std,
                          channels_last=self.cuda and cfg.channels_last)
 
+    def _train_eval_indices(self) -> np.ndarray:
+        """min(cfg.train_eval_images, #train) training records, in split order: a pure function of the seed
+        and the split that draws from its own generator, so the training RNG stream stays untouched."""
+        train = self.data.split.train
+        rng = np.random.default_rng([self.cfg.seed, _TRAIN_SUBSET_STREAM])
+        n = min(self.cfg.train_eval_images, len(train))
+        return train[np.sort(rng.choice(len(train), size=n, replace=False))]
+
     def predict(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(record indices, predictions) of `split` (val, test, train or all): fixed crops, averaged per image.
 
@@ -210,7 +227,9 @@ class Solver:
         original's random test crops did, but seeded by (seed, epoch): a run, its resumption and a
         re-evaluated checkpoint see the same ones.
         """
-        crops = self._eval_crops(split)
+        return self._predict(self._eval_crops(split))
+
+    def _predict(self, crops) -> tuple[np.ndarray, np.ndarray]:
         if "random_eval_crops" in self.cfg.legacy_defects:
             crops.draw(epoch=self.epoch)
         self.model.eval()
@@ -240,6 +259,8 @@ class Solver:
         self.epoch += 1
         if self.diverged_at is not None:
             metrics.update({f"{s}_{k}": None for s in ("val", "test") for k in M.IMAGE_METRICS})
+            if self.train_eval is not None:
+                metrics.update({M.TRAIN_IMAGE_SRCC: None, M.TRAIN_IMAGE_PLCC: None})
             metrics[M.STATUS] = "diverged"
             metrics["message"] = f"diverged at epoch {self.epoch}: non-finite training loss"
             self.log(metrics["message"])
@@ -249,12 +270,20 @@ class Solver:
                 result = self.evaluate(split) if getattr(self.data, split) is not None else {}
                 for key in M.IMAGE_METRICS:
                     metrics[f"{split}_{key}"] = M.finite_or_none(result.get(key))
+            if self.train_eval is not None:
+                metrics.update(self._evaluate_train_subset())
             metrics[M.STATUS] = self._update_best_and_status(metrics)
         metrics["best_epoch"] = self.best_epoch
         metrics[f"best_{self.cfg.selection_metric}"] = self.best[self.cfg.selection_metric] if self.best else None
         metrics["time_s"] = time.monotonic() - start
         self.history.append(metrics)
         return metrics
+
+    def _evaluate_train_subset(self) -> dict:
+        indices, pred = self._predict(self.train_eval)
+        result = M.correlations(pred, self.data.labels[indices])
+        return {M.TRAIN_IMAGE_SRCC: M.finite_or_none(result["srcc"]),
+                M.TRAIN_IMAGE_PLCC: M.finite_or_none(result["plcc"])}
 
     def _update_best_and_status(self, metrics: dict) -> str:
         name = self.cfg.selection_metric

@@ -58,9 +58,11 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 def summary(cfg: TrainConfig) -> str:
     return (f"dataset {cfg.dataset} ({cfg.data_root or 'generated'}) | {cfg.backbone} "
-            f"{'pretrained' if cfg.pretrained else 'random init'}, frozen_stages {cfg.frozen_stages} | patch "
+            f"{'pretrained' if cfg.pretrained else 'random init'}, frozen_stages {cfg.frozen_stages}, {cfg.head} head "
+            f"| patch "
             f"{cfg.patch_size}, {cfg.train_patches}/{cfg.test_patches} train/test patches, batch {cfg.batch_size} | "
-            f"{cfg.optimizer} backbone_lr {cfg.backbone_lr:g} x{cfg.lr_ratio:g} head, wd {cfg.weight_decay:g} | "
+            f"{cfg.optimizer} backbone_lr {cfg.backbone_lr:g} x{cfg.lr_ratio:g} head, wd {cfg.weight_decay:g}, "
+            f"{cfg.loss} loss | "
             f"{cfg.schedule} schedule, {cfg.epochs} epochs, warmup {cfg.warmup_epochs:g} | select "
             f"{cfg.selection_metric}, patience {cfg.patience} | seed {cfg.seed}, device {cfg.device}"
             + (f" | legacy {', '.join(cfg.legacy)} (the original's defects)" if cfg.legacy else ""))
@@ -71,7 +73,9 @@ def _fmt(value, spec=".4f") -> str:
 
 
 def epoch_line(m: dict, epochs: int) -> str:
+    image = f"(image) {_fmt(m['train_image_srcc'])}  " if "train_image_srcc" in m else ""
     return (f"epoch {m['epoch']}/{epochs}  loss {_fmt(m['train_loss'])}  train_srcc(patch) {_fmt(m['train_srcc'])}  "
+            f"{image}"
             f"val srcc {_fmt(m['val_srcc'])} plcc {_fmt(m['val_plcc'])}  "
             f"test srcc {_fmt(m['test_srcc'])} plcc {_fmt(m['test_plcc'])}  "
             f"lr {_fmt(m['lr_backbone'], '.2e')}/{_fmt(m['lr_head'], '.2e')}  "

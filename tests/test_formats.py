@@ -109,20 +109,23 @@ def test_pyiqa_format_loads_in_pyiqas_hypernet_and_scores_the_same(resnet50_chec
     ({"backbone": "resnet10t", "patch_size": 224}, "backbone resnet10t"),
     ({"backbone": "resnet50", "patch_size": 96}, "patch_size 96"),
     ({"backbone": "resnet50", "patch_size": 224, "multiscale": True}, "multiscale"),
+    ({"backbone": "resnet50", "patch_size": 224, "head": "plain"}, "head = plain"),
 ])
 def test_what_the_format_cannot_hold_is_refused_by_name(tiny_cfg, tmp_path, fmt, overrides, named):
     folder = tmp_path / "ckpt"
     _checkpoint(folder, tiny_cfg(**overrides))
-    with pytest.raises(UserError, match=rf"cannot be written as --format {fmt}: .*{named}"):
+    with pytest.raises(UserError, match=rf"cannot be written as --format {fmt}: .*{named}") as info:
         write_format(folder, fmt, tmp_path / "out.bin")
+    assert "\n" not in str(info.value)
     assert not (tmp_path / "out.bin").exists()
 
 
-def test_onnx_scores_match_predict_under_onnxruntime(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("head", ["hyper", "plain"])
+def test_onnx_scores_match_predict_under_onnxruntime(tiny_cfg, tmp_path, head):
     import onnxruntime as ort  # the `onnx` extra, part of `test`: a missing package fails, not skips
 
     folder = tmp_path / "ckpt"
-    model = _checkpoint(folder, tiny_cfg(backbone="resnet10t", patch_size=64))
+    model = _checkpoint(folder, tiny_cfg(backbone="resnet10t", patch_size=64, head=head))
     out = write_format(folder, "onnx", tmp_path / "hyperiqa.onnx")
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map

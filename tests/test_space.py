@@ -82,9 +82,11 @@ def test_builtin_spaces_load_and_start_points_make_valid_configs(path):
 
 
 def test_default_space_starts_with_the_paper_configuration():
-    start = load_space("default").start[0]
-    assert start == {"backbone_lr": 2e-5, "lr_ratio": 10, "weight_decay": 5e-4, "schedule": "step",
-                     "step_size": 6, "frozen_stages": 0}
+    paper, pyiqa = load_space("default").start
+    assert paper == {"backbone_lr": 2e-5, "lr_ratio": 10, "weight_decay": 5e-4, "schedule": "step",
+                     "step_size": 6, "frozen_stages": 0, "loss": "l1"}
+    # pyiqa's retraining recipe second: the paper's optimiser with a PLCC loss and early LR steps.
+    assert pyiqa == {**paper, "step_size": 2, "loss": "plcc"}
     assert load_space("swin").fixed["backbone"] == "swin_tiny_patch4_window7_224"
 
 

@@ -26,6 +26,7 @@ from tuning.space import SearchSpace
 # scheduler and searcher of tuning/schedulers.py rank below every finite value.
 NUMERIC_KEYS = ("epoch", "val_srcc", "val_plcc", "val_plcc_logistic", "val_krcc", "val_rmse", "test_srcc",
                 "test_plcc", "test_plcc_logistic", "test_krcc", "test_rmse", "train_loss", "train_srcc",
+                "train_image_srcc", "train_image_plcc",
                 "lr_backbone", "lr_head", "patches_per_s", "time_s", "best_epoch")
 FAILED = "failed"  # the status of a trial that could not start (data, cache or configuration on its node)
 LOG_NAME = "train.log"

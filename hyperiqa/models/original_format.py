@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from hyperiqa.models.convert import to_original_name
+from hyperiqa.models.hypernet import HyperIQA
 from hyperiqa.utils import UserError
 
 PATCH = 224                          # both hard-code AvgPool2d(7) grids and a 7x7 hyper map: 224 crops only
@@ -36,6 +37,8 @@ _PYIQA_PREFIXES = (
 def refusal(model, patch_size: int, fmt: str) -> str | None:
     """Why `model` (trained on `patch_size` crops) cannot be written in `fmt`; None when it can."""
     problems = []
+    if not isinstance(model, HyperIQA):  # head = plain: an MLP, no hyper network or target net to hold
+        problems.append("head = plain: the format holds HyperIQA's hyper network and target net only")
     arch = model.backbone_name.split(".")[0]
     if fmt == "original" and arch != "resnet50":
         problems.append(f"backbone {model.backbone_name}: the original code builds a torchvision ResNet-50")
