@@ -333,7 +333,7 @@ def test_processes_runner_writes_the_ray_runners_folder_without_ray(ray_ablation
                             str(tmp_path / "ray"), "--name", "abl", "--out", str(tmp_path / "again")],
                            capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "4 runs, 4 already finished" in again.stdout and "starts" not in again.stdout
+    assert "4 runs, 4 already finished" in again.stdout and ": starts" not in again.stdout
     summary = subprocess.run([sys.executable, str(ROOT / "tuning" / "ablate.py"), "--summarize", str(experiment),
                               "--out", str(tmp_path / "summary")], capture_output=True, text=True, timeout=120, env=env)
     assert summary.returncode == 0, summary.stderr[-3000:]
