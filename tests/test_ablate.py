@@ -137,7 +137,7 @@ def test_variants_are_paired_and_the_budget_is_full(tiny_cfg):
     from hyperiqa.utils import UserError
     from tuning import ablate
 
-    runs = ablate.variant_runs(tiny_cfg(seed=5), 2, list(ablate.VARIANTS))
+    runs = ablate.variant_runs(tiny_cfg(seed=5), 2, ablate.DEFECT_VARIANTS)
     assert len(runs) == 16 and {labels["seed"] for _, labels, _ in runs} == {0, 1}
     for k in (0, 1):
         configs = [cfg.to_dict() for _, labels, cfg in runs if labels["seed"] == k]
@@ -149,6 +149,87 @@ def test_variants_are_paired_and_the_budget_is_full(tiny_cfg):
     assert (base.epochs, base.patience, base.backbone_lr, base.batch_size) == (6, 0, 1e-4, 16)
     with pytest.raises(UserError, match="--set legacy"):
         ablate.ablation_base(ablate.build_parser().parse_args(["--set", "legacy=[all]"]))
+
+
+def test_a_control_changes_its_field_and_is_described_as_a_control(tiny_cfg):
+    from tuning import ablate
+
+    table = {S.FIXED: ablate.Variant(), "no_decay": ablate.Variant(changes={"weight_decay": 0.0}, about="no decay")}
+    runs = ablate.variant_runs(tiny_cfg(seed=2, weight_decay=5e-4), 2, [S.FIXED, "no_decay"], table)
+    by_id = {run_id: (labels, cfg.to_dict()) for run_id, labels, cfg in runs}
+    labels, cfg = by_id["no_decay-s1"]
+    assert labels == {"variant": "no_decay", "seed": 1, "changes": {"weight_decay": 0.0}, "about": "no decay"}
+    assert {**cfg, "weight_decay": 5e-4} == by_id["fixed-s1"][1] and cfg["weight_decay"] == 0.0 and cfg["seed"] == 3
+    # The report pairs it with the fixed solver by seed and names it a control, not a switch
+    offsets = [0.0, 0.02, -0.02]
+    syn_runs, curves = synthetic({S.FIXED: [rising(o) for o in offsets], "no_decay": [declining(o) for o in offsets],
+                                  S.ALL: [rising(o) for o in offsets]})
+    for r in syn_runs:
+        if r["labels"]["variant"] == "no_decay":
+            r["labels"].update(changes={"weight_decay": 0.0}, about="no decay")
+            r["config"]["legacy"] = []
+    stats = {s.variant: s for s in S.summarize(syn_runs, curves)}
+    assert stats["no_decay"].is_control and stats["no_decay"].verdict == S.DECLINES
+    text = "\n".join(answer(list(stats.values()), syn_runs[0]["config"]))
+    assert "`no_decay` (no decay; a control, not a defect) peaks at epoch 1 in all 3 seeds" in text
+    assert ("Its verdict differs from the fixed solver's (no decline), and weight_decay=0.0 is all that differs "
+            "between the two.") in text
+    assert "that acted" not in text  # no switch ran alone: the control is not counted as one
+    rows = {r["variant"]: r for r in R.table_rows(list(stats.values()))}
+    assert (rows["no_decay"]["legacy"], rows["no_decay"]["changes"]) == ("-", "weight_decay=0.0")
+    assert rows["no_decay"]["final_vs_fixed_mean"] == pytest.approx(0.6 - 0.71)
+
+
+def test_controls_are_in_the_table_and_not_run_by_default():
+    from tuning import ablate
+
+    assert ablate.VARIANTS["plain_head"].changes == {"head": "plain"} and not ablate.VARIANTS["plain_head"].legacy
+    assert ablate.VARIANTS["plcc_loss"].changes == {"loss": "plcc"}
+    assert ablate.PRESET_ABLATIONS[("demo", "default")].variants == [S.FIXED, *LEGACY_DEFECTS, S.ALL]
+    assert ablate.PRESET_ABLATIONS[("photos", "default")].variants == [S.FIXED, "head_frozen_after_epoch1", S.ALL]
+    paper = ablate.PRESET_ABLATIONS[("photos", "paper")]
+    assert paper.seeds == 2 and paper.variants == [S.FIXED, S.ALL, "optimizer_reset", "head_frozen_after_epoch1",
+                                                   "plain_head", "plcc_loss"]
+    assert ablate.PAPER_REGIME == {"train_patches": ablate.PAPER_REGIME_TRAIN_PATCHES, "epochs": 4,
+                                   "step_size": 6, "train_eval_images": 256}
+
+
+def test_regime_paper_is_for_photos_and_set_may_not_fight_a_variant():
+    from hyperiqa.utils import UserError
+    from tuning import ablate
+
+    with pytest.raises(UserError, match="--regime paper: defined for --dataset photos only, not demo"):
+        ablate.preset(ablate.build_parser().parse_args(["--regime", "paper"]))
+    args = ablate.build_parser().parse_args(["--set", "weight_decay=0"])
+    with pytest.raises(UserError, match="--set head: the variant plain_head sets it"):
+        ablate.ablation_base(ablate.build_parser().parse_args(["--set", "head=plain"]), ["fixed", "plain_head"])
+    assert ablate.ablation_base(args, ["fixed"]).weight_decay == 0
+
+
+def test_paper_regime_config():
+    """Needs the head/loss/train_eval_images fields (model-options branch)."""
+    from hyperiqa.config import photos_config
+    from tuning import ablate
+
+    args = ablate.build_parser().parse_args(["--dataset", "photos", "--regime", "paper"])
+    base = ablate.ablation_base(args, ablate.preset(args).variants)
+    assert base == photos_config(train_patches=ablate.PAPER_REGIME_TRAIN_PATCHES, epochs=4, step_size=6,
+                                 train_eval_images=256, patience=0)
+    runs = {run_id: cfg for run_id, _, cfg in ablate.variant_runs(base, 2, ablate.preset(args).variants)}
+    assert (runs["plain_head-s1"].head, runs["plcc_loss-s1"].loss, runs["fixed-s1"].head) == ("plain", "plcc", "hyper")
+
+
+def test_image_level_train_srcc_is_carried_to_the_curves_and_runs_csv(tmp_path):
+    runs, curves = synthetic({S.FIXED: [rising(0)] * 2, S.ALL: [declining(0)] * 2})
+    for epoch in curves["fixed-s0"]:
+        epoch["train_image_srcc"] = 0.3 + 0.01 * epoch["epoch"]
+    by_id = {c.run_id: c for c in S.curves_of(runs, curves)}
+    assert by_id["fixed-s0"].train_image[:2] == pytest.approx([0.31, 0.32])
+    assert all(math.isnan(v) for v in by_id["all-s0"].train_image)  # not reported: NaN, not missing
+    rows = R.raw_rows(runs, curves)
+    assert rows[0]["train_image_srcc"] == repr(0.31) and rows[-1]["train_image_srcc"] == ""
+    R.write_folder(tmp_path / "out", runs, curves, title="t", source="s", config_line="c")
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 0
 
 
 # --- end to end -------------------------------------------------------------------------------------------
@@ -164,6 +245,21 @@ def ablate_argv(tiny_dataset, tiny_cache_dir, root: Path) -> list[str]:
             "--max-concurrent", "2", "--storage-path", str(root / "ray"), "--name", "abl", "--out", str(root / "out")]
 
 
+def no_ray_env(tmp_path: Path) -> dict:
+    """The environment of a process in which `import ray` fails (a package named ray that raises first)."""
+    import os
+
+    poison = tmp_path / "poison"
+    (poison / "ray").mkdir(parents=True)
+    (poison / "ray" / "__init__.py").write_text("raise ImportError('ray was imported')\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(poison), str(ROOT)])}
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
 def run_splits(experiment: Path) -> dict[str, str]:
     """{run id: the split.csv its checkpoint saved}."""
     out = {}
@@ -174,10 +270,18 @@ def run_splits(experiment: Path) -> dict[str, str]:
     return out
 
 
-@pytest.mark.timeout(300)
-def test_ablation_end_to_end_paired_splits_and_folder(tiny_dataset, tiny_cache_dir, tmp_path):
-    proc = subprocess.run(ablate_argv(tiny_dataset, tiny_cache_dir, tmp_path), capture_output=True, text=True,
+@pytest.fixture(scope="module")
+def ray_ablation(tiny_dataset, tiny_cache_dir, tmp_path_factory):
+    """The tiny ablation on Ray: (its root folder, the finished process)."""
+    root = tmp_path_factory.mktemp("ray_ablation")
+    proc = subprocess.run(ablate_argv(tiny_dataset, tiny_cache_dir, root), capture_output=True, text=True,
                           timeout=280)
+    return root, proc
+
+
+@pytest.mark.timeout(300)
+def test_ablation_end_to_end_paired_splits_and_folder(ray_ablation):
+    tmp_path, proc = ray_ablation
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "out"
     assert {p.name for p in out.iterdir()} == {"curves.png", "table.csv", "table.md", "runs.csv", "summary.md",
@@ -202,3 +306,52 @@ def test_ablation_end_to_end_paired_splits_and_folder(tiny_dataset, tiny_cache_d
     assert (tmp_path / "again" / "table.csv").read_text() == (out / "table.csv").read_text()
     summary = (out / "summary.md").read_text()
     assert "## What the data says" in summary and "![curves](curves.png)" in summary
+
+
+@pytest.mark.timeout(420)
+def test_processes_runner_writes_the_ray_runners_folder_without_ray(ray_ablation, tiny_dataset, tiny_cache_dir,
+                                                                   tmp_path):
+    ray_root, ray_proc = ray_ablation
+    assert ray_proc.returncode == 0, ray_proc.stdout[-3000:] + ray_proc.stderr[-3000:]
+    env = no_ray_env(tmp_path)
+    argv = ablate_argv(tiny_dataset, tiny_cache_dir, tmp_path) + ["--runner", "processes"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=280, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ray was imported" not in proc.stdout + proc.stderr
+    out, ray_out = tmp_path / "out", ray_root / "out"
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ray_out.iterdir())
+    for name in ("runs.csv", "table.csv"):
+        assert list(csv_rows(out / name)[0]) == list(csv_rows(ray_out / name)[0]), name
+    ids = [(r["run"], r["epoch"]) for r in csv_rows(out / "runs.csv")]
+    assert ids == [(r["run"], r["epoch"]) for r in csv_rows(ray_out / "runs.csv")] and len(ids) == 8
+    assert "fixed-s1: epoch 2/2" in proc.stdout  # progress, one line per epoch
+    # Paired: seed k of both variants trained on one split
+    experiment = tmp_path / "ray" / "abl"
+    for k in (0, 1):
+        assert len({(experiment / f"{v}-s{k}" / "split.csv").read_text() for v in ("fixed", "all")}) == 1
+    # --resume keeps the finished runs (nothing restarts); --summarize rewrites the same table; neither needs Ray
+    again = subprocess.run([sys.executable, str(ROOT / "tuning" / "ablate.py"), "--resume", "--storage-path",
+                            str(tmp_path / "ray"), "--name", "abl", "--out", str(tmp_path / "again")],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "4 runs, 4 already finished" in again.stdout and ": starts" not in again.stdout
+    summary = subprocess.run([sys.executable, str(ROOT / "tuning" / "ablate.py"), "--summarize", str(experiment),
+                              "--out", str(tmp_path / "summary")], capture_output=True, text=True, timeout=120, env=env)
+    assert summary.returncode == 0, summary.stderr[-3000:]
+    assert (tmp_path / "summary" / "table.csv").read_text() == (out / "table.csv").read_text()
+
+
+def test_a_failed_run_fails_the_ablation_after_writing_the_folder(tiny_dataset, tiny_cache_dir, tmp_path,
+                                                                  monkeypatch, capsys):
+    from tests.fake_train import FAIL_SEED
+    from tuning import ablate, local_runs
+
+    fake = Path(__file__).resolve().parent / "fake_train.py"
+    monkeypatch.setattr(local_runs, "command", lambda folder, resume: [
+        sys.executable, str(fake), "--config", str(folder / "config.yaml"), "--out", str(folder)])
+    argv = ablate_argv(tiny_dataset, tiny_cache_dir, tmp_path)[2:] + [
+        "--runner", "processes", "--set", f"seed={FAIL_SEED - 1}"]
+    assert ablate.main(argv) == 1
+    assert "fixed-s1: FAILED" in capsys.readouterr().out
+    rows = csv_rows(tmp_path / "out" / "runs.csv")
+    assert {r["run"] for r in rows} == {"fixed-s0", "all-s0"}  # seed 1 (FAIL_SEED) failed in both variants

@@ -1,14 +1,22 @@
 """Which of the original solver's defects makes test SRCC peak at epoch 1 and then fall? Measure it.
 
     python tuning/ablate.py                     # the demo: generated dataset, CPU, 24 short runs
+    python tuning/ablate.py --dataset photos --regime paper     # the paper's regime on real photos
     python tuning/ablate.py --gpus 8 --dataset koniq10k --data-root /data/koniq10k
+    python tuning/ablate.py --runner processes ...  # no Ray: each run a local hyperiqa.train process
     python tuning/ablate.py --summarize ray_results/NAME   # re-summarise a finished experiment
 
-Runs the fixed solver (legacy []), each `legacy` switch alone and all of them together ([all]), each
-with --seeds seeds, as full-budget Ray runs (no ASHA, no early stopping). The design is paired: seed k
-of every variant uses the same split and the same training seed, so the variants differ only in their
-switch. Writes the folder --out: curves.png, table.csv, table.md, runs.csv and summary.md, which states
-what the numbers say (see tuning/ablation_stats.py for the rules).
+Runs the fixed solver (legacy []), each `legacy` switch alone and all of them together ([all]), and
+controls (the fixed solver with one config field changed: plain_head, plcc_loss), each with --seeds
+seeds, at full budget (no ASHA, no early stopping), on Ray or (--runner processes) as local processes.
+The design is paired: seed k of every variant uses the same split and the same training seed, so the
+variants differ only in their switch or change. Writes the folder --out: curves.png, table.csv,
+table.md, runs.csv and summary.md, which states what the numbers say (see tuning/ablation_stats.py).
+
+Regimes (--regime): default = the dataset's own ablation (demo: sized for 10 minutes on 2 cores;
+photos: photos_config(); others: the paper's defaults); paper (--dataset photos only) = photos_config()'s paper optimisation
+(Adam, backbone LR 2e-5, head x10, weight decay 5e-4) over 4 epochs with no LR step, image-level train
+curves, the defects that act between epochs and both controls, 2 seeds.
 """
 
 from __future__ import annotations
@@ -22,13 +30,41 @@ if __package__ in (None, ""):  # run as a script: make `tuning` and `hyperiqa` i
 import argparse
 import os
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from hyperiqa.config import LEGACY_DEFECTS, TrainConfig
 from hyperiqa.utils import UserError, run_cli
 from tuning import experiment_folder, options
 from tuning.ablation_stats import ALL, FIXED
 
-VARIANTS = {FIXED: [], **{name: [name] for name in LEGACY_DEFECTS}, ALL: ["all"]}
+
+@dataclass(frozen=True)
+class Variant:
+    """What a variant runs: the fixed solver's config with these legacy switches and these field changes."""
+
+    legacy: tuple[str, ...] = ()
+    changes: Mapping = field(default_factory=dict)  # a control's config fields, e.g. {"head": "plain"}
+    about: str | None = None  # what a control is, for the summary's sentences
+
+    def __post_init__(self):
+        object.__setattr__(self, "changes", MappingProxyType(dict(self.changes)))
+
+
+VARIANTS: dict[str, Variant] = {
+    FIXED: Variant(),
+    **{name: Variant((name,)) for name in LEGACY_DEFECTS},
+    ALL: Variant(("all",)),
+    # Controls: the fixed solver with one field changed, so a decline it shares with the fixed solver (or
+    # does not) says whether the hyper network or the L1 loss is involved. `head` and `loss` are
+    # TrainConfig fields of the model-options branch (hyperiqa/config.py).
+    "plain_head": Variant(changes={"head": "plain"},
+                          about="a plain regression head (global pooling + MLP) in place of the hyper network"),
+    "plcc_loss": Variant(changes={"loss": "plcc"}, about="the loss 1 - PLCC over the batch in place of L1"),
+}
+# The original's defects: what the demo and other datasets run by default (the controls are asked for)
+DEFECT_VARIANTS = [name for name, v in VARIANTS.items() if not v.changes]
 # The demo ablation (no arguments): demo_config() with these changes. 8 variants x 3 seeds = 24 runs, two
 # at a time, must end within 10 minutes on 2 cores, Ray's start-up included. Why this size:
 # - the paper's optimisation shape: Adam, head LR x10, weight decay 5e-4, and two /10 steps, here after 2
@@ -54,8 +90,33 @@ DEMO_ABLATION = dict(epochs=6, schedule="step", step_size=2, step_factor=0.1, lr
 # Hence 3 variants x 3 seeds: the fixed solver, every switch together, and the switch that stops the
 # hyper network after epoch 1 (the original's most drastic defect). --variants runs any others.
 PHOTOS_VARIANTS = [FIXED, "head_frozen_after_epoch1", ALL]
-# dataset -> (changes to its preset configuration, variants run by default)
-PRESET_ABLATIONS = {"demo": (DEMO_ABLATION, list(VARIANTS)), "photos": ({}, PHOTOS_VARIANTS)}
+# The paper regime (--dataset photos --regime paper): photos_config()'s optimisation as it is (the paper's:
+# Adam, backbone LR 2e-5, head x10, weight decay 5e-4, batch 16), over the first 4 epochs of the paper's
+# schedule, whose first /10 step comes after epoch 6: these 4 epochs see no step, as the paper's first 6
+# do, so a peak at epoch 1 cannot come from an LR step. train_eval_images adds image-level train SRCC
+# after every epoch: 256 images x 2 crops of evaluation (forward only) against about 1,400 x
+# PAPER_REGIME_TRAIN_PATCHES training patches (forward and backward), a few % of an epoch. Variants: the
+# defects that act between epochs from epoch 1 on, all of them together, and the two controls.
+PAPER_REGIME_TRAIN_PATCHES = 8  # chosen by the rule in docs/ (the lead's probe runs); set by the lead
+PAPER_REGIME = dict(train_patches=PAPER_REGIME_TRAIN_PATCHES, epochs=4, step_size=6, train_eval_images=256)
+PAPER_VARIANTS = [FIXED, ALL, "optimizer_reset", "head_frozen_after_epoch1", "plain_head", "plcc_loss"]
+REGIMES = ("default", "paper")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """An ablation's defaults for one dataset and regime."""
+
+    changes: dict  # to the dataset's preset configuration
+    variants: list
+    seeds: int = 3
+
+
+# (dataset, regime) -> its defaults; a dataset not listed: the paper's defaults, every defect, 3 seeds
+PRESET_ABLATIONS = {("demo", "default"): Preset(DEMO_ABLATION, DEFECT_VARIANTS),
+                    ("photos", "default"): Preset({}, PHOTOS_VARIANTS),
+                    ("photos", "paper"): Preset(PAPER_REGIME, PAPER_VARIANTS, seeds=2)}
+RUNNERS = ("ray", "processes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,13 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_resource_flags(p, unit="run")
     d = options.add_data_flags(p, "what to train", "TrainConfig setting for every run, e.g. --set epochs=20 "
                                                    "(repeatable; not legacy or patience, which the ablation sets)")
-    d.add_argument("--seeds", type=int, default=3, metavar="N",
+    d.add_argument("--regime", choices=REGIMES, default="default",
+                   help="default: the dataset's own ablation (demo: demo_config() resized for 10 minutes on 2 "
+                        "cores; photos: photos_config() as it is; others: the paper's defaults); paper (--dataset "
+                        f"photos only): photos_config() with {_changes(PAPER_REGIME)}, variants "
+                        f"{', '.join(PAPER_VARIANTS)}, 2 seeds (default: default)")
+    d.add_argument("--seeds", type=int, metavar="N",
                    help="seeds per variant; seed k is the base seed + k, for the split and the training of every "
-                        "variant (default 3)")
+                        "variant (default 3; 2 with --regime paper)")
     d.add_argument("--variants", metavar="A,B,...",
-                   help=f"comma-separated variants to run (default: all of them, {', '.join(VARIANTS)}; for "
-                        f"--dataset photos: {', '.join(PHOTOS_VARIANTS)})")
+                   help=f"comma-separated variants to run, of {', '.join(VARIANTS)} (default: the defects, "
+                        f"{', '.join(DEFECT_VARIANTS)}; for --dataset photos: {', '.join(PHOTOS_VARIANTS)})")
     o = p.add_argument_group("experiment, cluster and output")
+    o.add_argument("--runner", choices=RUNNERS, default="ray",
+                   help="ray: runs as Ray Tune trials; processes: each run a local `python -m hyperiqa.train` "
+                        "process (no Ray needed), at most --max-concurrent at once (default: CPUs / "
+                        "--cpus-per-run, or --gpus / --gpus-per-run), each pinned to one GPU with --gpus; "
+                        "a --resume uses the runner the ablation started with (default ray)")
+    o.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="with --runner processes: stop the runs still going after this many seconds and write "
+                        "the folder from the epochs they reached (--resume continues them)")
     options.add_cluster_flags(o)
     o.add_argument("--name", help="experiment name (default <dataset>-ablation-<time>); with --resume: which one")
     o.add_argument("--resume", action="store_true",
@@ -90,11 +164,17 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
 
     if args.summarize:
         runset = runner.load_runset(options.absolute(args.summarize))
+        if runner_of(runset) == "processes":
+            from tuning import local_runs
+
+            return finish(runset, local_runs.collect(runset), args.out)
         try:
             curves = runner.collect(runset)
         except ValueError as exc:  # the runs file was written, but Ray saved no experiment state yet
             raise UserError(f"--summarize {args.summarize}: no Ray Tune experiment state there ({exc})") from None
         return finish(runset, curves, args.out)
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise UserError(f"--time-limit {args.time_limit:g}: must be > 0 (seconds)")
     runset = resume_runset(args) if args.resume else new_runset(args)
     from tuning.export import check_export_dir
 
@@ -106,6 +186,11 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
 def _run(args, runset, trial_fn) -> int:
     from tuning import runner
 
+    if runner_of(runset) == "processes":
+        return run_processes(runset, args)
+    if args.time_limit is not None:
+        raise UserError("--time-limit: only with --runner processes (a Ray ablation stops with Ctrl-C and "
+                        "continues with --resume)")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     from tuning import launch
 
@@ -117,45 +202,98 @@ def _run(args, runset, trial_fn) -> int:
     return 130 if interrupted else code  # Ctrl-C: the partial folder is written, the shell still sees the stop
 
 
-def ablation_base(args) -> TrainConfig:
-    """Paper defaults (or the dataset's preset sized above), then --set; full budget."""
+def preset(args) -> Preset:
+    """The ablation defaults of --dataset and --regime."""
+    if (args.dataset, args.regime) in PRESET_ABLATIONS:
+        return PRESET_ABLATIONS[(args.dataset, args.regime)]
+    if args.regime != "default":
+        known = sorted({d for d, r in PRESET_ABLATIONS if r == args.regime})
+        raise UserError(f"--regime {args.regime}: defined for --dataset {', '.join(known)} only, not {args.dataset}")
+    return Preset({}, DEFECT_VARIANTS)
+
+
+def ablation_base(args, names: list[str] = ()) -> TrainConfig:
+    """Paper defaults (or the dataset's preset and regime sized above), then --set; full budget."""
     plain = argparse.Namespace(dataset=args.dataset, data_root=args.data_root, set=[])
     base = options.base_config(plain)
-    if args.dataset in PRESET_ABLATIONS:
-        base = base.replace(**PRESET_ABLATIONS[args.dataset][0])
+    base = TrainConfig.from_dict({**base.to_dict(), **preset(args).changes}, source=f"--regime {args.regime}")
     given = {a.partition("=")[0].strip() for a in args.set}
     for key, why in (("legacy", "each variant sets its own"), ("patience", "every run trains all its epochs")):
         if key in given:
             raise UserError(f"--set {key}: not allowed in an ablation ({why})")
+    for name in names:
+        clash = sorted(given & set(VARIANTS[name].changes))
+        if clash:
+            raise UserError(f"--set {clash[0]}: the variant {name} sets it; drop one of the two")
     return base.with_overrides(args.set, source="--set").replace(patience=0)
 
 
-def variant_runs(base: TrainConfig, seeds: int, names: list[str]) -> list[tuple[str, dict, TrainConfig]]:
+def variant_runs(base: TrainConfig, seeds: int, names: list[str],
+                 table: Mapping[str, Variant] = VARIANTS) -> list[tuple[str, dict, TrainConfig]]:
     """(id, labels, config) for every variant and seed; seed k shares split and training seed across variants."""
     runs = []
     for k in range(seeds):
         seeded = base.replace(seed=base.seed + k)  # split_seed None follows seed: split k is the same everywhere
         for name in names:
-            runs.append((f"{name}-s{k}", {"variant": name, "seed": k}, seeded.replace(legacy=VARIANTS[name])))
+            v = table[name]
+            cfg = TrainConfig.from_dict({**seeded.to_dict(), **v.changes, "legacy": list(v.legacy)},
+                                        source=f"ablation variant {name}")
+            labels = {"variant": name, "seed": k}
+            if v.changes:
+                labels.update(changes=dict(v.changes), about=v.about)
+            runs.append((f"{name}-s{k}", labels, cfg))
     return runs
+
+
+def variant_names(args) -> list[str]:
+    if not args.variants:
+        return list(preset(args).variants)
+    names = [n.strip() for n in args.variants.split(",")]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise UserError(f"--variants {unknown[0]!r}: allowed: {', '.join(VARIANTS)}")
+    return names
 
 
 def new_runset(args):
     from tuning import runner
 
-    if args.seeds < 1:
-        raise UserError(f"--seeds {args.seeds}: must be >= 1")
-    names = PRESET_ABLATIONS[args.dataset][1] if args.dataset in PRESET_ABLATIONS else list(VARIANTS)
-    if args.variants:
-        names = [n.strip() for n in args.variants.split(",")]
-        unknown = [n for n in names if n not in VARIANTS]
-        if unknown:
-            raise UserError(f"--variants {unknown[0]!r}: allowed: {', '.join(VARIANTS)}")
-    base = ablation_base(args)
-    runset = runner.make_runset("ablate", variant_runs(base, args.seeds, names), args, metric=base.selection_metric,
-                                default_name=f"{args.dataset}-ablation", settings={"seeds": args.seeds,
-                                                                                   "variants": names})
+    seeds = args.seeds if args.seeds is not None else preset(args).seeds
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: must be >= 1")
+    if args.runner == "processes" and options.is_uri(args.storage_path):
+        raise UserError(f"--storage-path {args.storage_path}: --runner processes writes local folders only")
+    names = variant_names(args)
+    base = ablation_base(args, names)
+    runset = runner.make_runset("ablate", variant_runs(base, seeds, names), args, metric=base.selection_metric,
+                                default_name=f"{args.dataset}-ablation",
+                                settings={"seeds": seeds, "variants": names, "regime": args.regime,
+                                          "runner": args.runner})
+    existing = Path(runset.experiment_path)
+    if any(existing.glob("experiment_state-*.json")) or (existing / runner.RUNS_FILE).is_file():
+        raise UserError(f"--name {runset.name}: {runset.experiment_path} already holds an experiment; add --resume "
+                        "to continue it or choose another --name")
     return runset
+
+
+def runner_of(runset) -> str:
+    """The runner an ablation was started with (ablations from before --runner ran on Ray)."""
+    return runset.settings.get("runner", "ray")
+
+
+def run_processes(runset, args) -> int:
+    """Run (or continue) the ablation as local processes; exit 1 if a run failed, after writing the folder."""
+    from tuning import local_runs
+
+    start = time.monotonic()
+    curves, failed = local_runs.execute(runset, resume=args.resume, time_limit=args.time_limit)
+    print(f"\nablation finished after {(time.monotonic() - start) / 60:.1f} min")
+    code = finish(runset, curves, args.out)
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)} (their logs: <run>/{local_runs.LOG} under "
+              f"{runset.experiment_path}); the table covers the epochs they reached", file=sys.stderr)
+        return 1
+    return code
 
 
 def resume_runset(args):
@@ -204,6 +342,10 @@ def finish(runset, curves: dict, out: str | None) -> int:
 
 def result_dir(runset, out: str | None) -> str:
     return options.absolute(out) if out else runset.out_dir
+
+
+def _changes(changes: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in changes.items())
 
 
 def config_line(cfg: dict) -> str:

@@ -17,8 +17,8 @@ from tuning import ablation_stats as S
 from tuning.ablation_stats import pm
 from tuning.ablation_summary import answer, summary_markdown
 
-RAW_KEYS = ("val_srcc", "val_plcc", "test_srcc", "test_plcc", "train_loss", "train_srcc", "lr_backbone",
-            "lr_head", "status")
+RAW_KEYS = ("val_srcc", "val_plcc", "test_srcc", "test_plcc", "train_loss", "train_srcc", "train_image_srcc",
+            "train_image_plcc", "lr_backbone", "lr_head", "status")
 
 
 def table_rows(stats: list[S.VariantStats]) -> list[dict]:
@@ -26,7 +26,8 @@ def table_rows(stats: list[S.VariantStats]) -> list[dict]:
     fixed = next((s for s in stats if s.variant == S.FIXED), None)
     rows = []
     for s in stats:
-        row = {"variant": s.variant, "legacy": " ".join(s.legacy) or "-", "seeds": len(s.runs),
+        row = {"variant": s.variant, "legacy": " ".join(s.legacy) or "-", "changes": changes_text(s.changes),
+               "seeds": len(s.runs),
                "incomplete_runs": s.incomplete,
                "peak_epochs": " ".join(str(e) for e in s.values("peak_epoch"))}
         for name in ("peak", "final", "drop", "test_at_val_best"):
@@ -73,10 +74,16 @@ def raw_rows(runs: list[dict], curves: dict[str, list[dict]]) -> list[dict]:
     for run in runs:
         for epoch in curves.get(run["id"], []):
             row = {"run": run["id"], "variant": run["labels"]["variant"], "seed": run["labels"]["seed"],
-                   "legacy": " ".join(run["config"]["legacy"]) or "-", "epoch": int(epoch["epoch"])}
+                   "legacy": " ".join(run["config"]["legacy"]) or "-",
+                   "changes": changes_text(run["labels"].get("changes") or {}), "epoch": int(epoch["epoch"])}
             row.update({k: _raw(epoch.get(k)) for k in RAW_KEYS})
             out.append(row)
     return out
+
+
+def changes_text(changes: dict) -> str:
+    """A control's config changes as 'head=plain loss=plcc'; '-' for none."""
+    return " ".join(f"{k}={v}" for k, v in changes.items()) or "-"
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -108,7 +115,11 @@ def write_folder(out_dir: str | Path, runs: list[dict], curves: dict[str, list[d
 
 
 def plot(curves: list[S.RunCurve], stats: list[S.VariantStats], path: Path, *, title: str) -> None:
-    """Val, test and train SRCC per epoch: each variant's mean over seeds, the band spanning its seeds."""
+    """Val, test and train SRCC per epoch: each variant's mean over seeds, the band spanning its seeds.
+
+    The train panel draws patch-level SRCC (during the epoch) solid and, where the runs reported it,
+    image-level SRCC on fixed training images (after the epoch) dashed; the panels share one y scale,
+    so the image-level train curve reads against val and test directly."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,8 +127,10 @@ def plot(curves: list[S.RunCurve], stats: list[S.VariantStats], path: Path, *, t
     import numpy as np
 
     panels = (("val", "val SRCC (image level)"), ("test", "test SRCC (image level)"),
-              ("train", "train SRCC (patch level, during the epoch)"))
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5), sharex=True)
+              ("train", "train SRCC: patch level during the epoch (solid),\nimage level after it (dashed)"))
+    # (panel, attribute, line style): the image-level train curve shares the train panel
+    lines = ((0, "val", "-"), (1, "test", "-"), (2, "train", "-"), (2, "train_image", "--"))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5), sharex=True, sharey=True)
     emphasis = {S.FIXED: ("black", 2.6), S.ALL: ("tab:red", 2.6)}
     # tab10 without its red and grey: those would read as `all` and `fixed`
     others = iter([c for i, c in enumerate(plt.get_cmap("tab10").colors) if i not in (3, 7)] * 2)
@@ -127,15 +140,17 @@ def plot(curves: list[S.RunCurve], stats: list[S.VariantStats], path: Path, *, t
             continue
         color, width = emphasis.get(s.variant) or (next(others), 1.3)
         epochs = sorted({e for c in mine for e in c.epochs})
-        for ax, (attr, _) in zip(axes, panels):
+        for panel, attr, style in lines:
+            ax = axes[panel]
             grid = np.array([[_at(c, attr, e) for e in epochs] for c in mine])
             if not np.isfinite(grid).any():
                 continue
             with np.errstate(all="ignore"), warnings.catch_warnings():  # an epoch no seed has: a gap in the line
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mean, low, high = np.nanmean(grid, axis=0), np.nanmin(grid, axis=0), np.nanmax(grid, axis=0)
-            ax.plot(epochs, mean, color=color, lw=width, marker="o", ms=3,
-                    ls=":" if s.no_effect else "-", label=s.variant + (" (no effect)" if s.no_effect else ""))
+            label = (s.variant + (" (no effect)" if s.no_effect else "")) if style == "-" else None
+            ax.plot(epochs, mean, color=color, lw=width, marker="o" if style == "-" else None, ms=3,
+                    ls=":" if s.no_effect and style == "-" else style, label=label)
             if len(mine) > 1:
                 ax.fill_between(epochs, low, high, color=color, alpha=0.10, lw=0)
     for ax, (_, label) in zip(axes, panels):
@@ -153,7 +168,9 @@ def plot(curves: list[S.RunCurve], stats: list[S.VariantStats], path: Path, *, t
 
 def _at(curve: S.RunCurve, attr: str, epoch: int) -> float:
     values = getattr(curve, attr)
-    return values[curve.epochs.index(epoch)] if epoch in curve.epochs else math.nan
+    if epoch not in curve.epochs or len(values) != len(curve.epochs):  # train_image: [] when not reported
+        return math.nan
+    return values[curve.epochs.index(epoch)]
 
 
 def _epochs(values: list) -> str:

@@ -8,6 +8,8 @@ solver picks its best epoch), the final value (last epoch), the drop from peak t
 SRCC at the val-best epoch (the honest number: what a run selected on validation would report).
 Per variant: mean and SD over seeds, and the paired difference from the fixed solver (seed k of every
 variant shares split and training seed, so the per-seed difference removes the split's difficulty).
+A control (a variant that changes a config field, such as a plain head in place of the hyper network) is
+paired with the fixed solver in the same way; only the summary's sentences tell it from a defect.
 """
 
 from __future__ import annotations
@@ -42,8 +44,11 @@ class RunCurve:
     epochs: list[int]
     val: list[float]
     test: list[float]
-    train: list[float]  # patch-level train SRCC
+    train: list[float]  # patch-level train SRCC, on the patches seen during the epoch
     lrs: list[tuple[float, float]]  # (backbone, head) of each epoch's last step
+    # image-level train SRCC after the epoch (cfg.train_eval_images; NaN where the run did not report it):
+    # on the scale of val/test SRCC, which patch-level train SRCC is not
+    train_image: list[float] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -64,6 +69,9 @@ class RunStats:
 class VariantStats:
     variant: str
     legacy: list
+    # config fields it sets beside its legacy switches; non-empty for a control (e.g. {"head": "plain"})
+    changes: dict = field(default_factory=dict)
+    about: str | None = None  # what the variant is, for the summary's sentences
     runs: dict[int, RunStats] = field(default_factory=dict)  # seed -> stats
     incomplete: int = 0
     no_effect: str | None = None  # why the switch changed nothing here; None if it acted
@@ -74,6 +82,11 @@ class VariantStats:
 
     def agg(self, name: str) -> tuple[float, float]:
         return mean_sd(self.values(name))
+
+    @property
+    def is_control(self) -> bool:
+        """Changes a config field rather than (only) switching a defect on: a control, not a defect."""
+        return bool(self.changes)
 
     @property
     def spread(self) -> float:
@@ -89,7 +102,7 @@ def run_curve(run: dict, epochs: list[dict]) -> RunCurve:
     labels = run["labels"]
     return RunCurve(run["id"], labels["variant"], int(labels["seed"]), int(run["config"]["epochs"]),
                     [int(e["epoch"]) for e in epochs], col("val_srcc"), col("test_srcc"), col("train_srcc"),
-                    list(zip(col("lr_backbone"), col("lr_head"))))
+                    list(zip(col("lr_backbone"), col("lr_head"))), col("train_image_srcc"))
 
 
 def peak(epochs: list[int], values: list[float]) -> tuple[int | None, float]:
@@ -129,7 +142,7 @@ def no_effect_reason(variant: str, curves: list[RunCurve], fixed: list[RunCurve]
     """Why the variant changed nothing in this configuration, from what the runs reported; None if it acted.
 
     LR switches: the reported LRs of both groups equal the fixed solver's in every epoch of every seed.
-    Other switches: every reported number (val, test, train SRCC) equals the fixed solver's.
+    Other switches and controls: every reported number (val, test, train SRCC) equals the fixed solver's.
     """
     by_seed = {c.seed: c for c in fixed}
     pairs = [(c, by_seed[c.seed]) for c in curves if c.seed in by_seed and c.epochs]
@@ -139,7 +152,8 @@ def no_effect_reason(variant: str, curves: list[RunCurve], fixed: list[RunCurve]
         if all(_same(c.lrs, f.lrs) for c, f in pairs):
             return "the learning rates it reported equal the fixed solver's in every epoch" + _lr_why(variant, config)
         return None
-    if all(_same(c.val, f.val) and _same(c.test, f.test) and _same(c.train, f.train) for c, f in pairs):
+    if all(_same(c.val, f.val) and _same(c.test, f.test) and _same(c.train, f.train)
+           and _same(c.train_image, f.train_image) for c, f in pairs):
         return "every number it reported equals the fixed solver's" + (
             " (a single epoch: nothing happens after epoch 1)" if config["epochs"] < 2 else "")
     return None
@@ -185,12 +199,13 @@ def summarize(runs: list[dict], curves: dict[str, list[dict]]) -> list[VariantSt
     """Per-variant statistics, in the order the variants first appear in `runs`."""
     all_curves = curves_of(runs, curves)
     configs = {r["labels"]["variant"]: r["config"] for r in runs}
-    legacy = {r["labels"]["variant"]: r["config"]["legacy"] for r in runs}
+    labels = {r["labels"]["variant"]: r["labels"] for r in runs}
     fixed_curves = [c for c in all_curves if c.variant == FIXED]
     out = []
     for variant in dict.fromkeys(r["labels"]["variant"] for r in runs):
         mine = [c for c in all_curves if c.variant == variant]
-        stats = VariantStats(variant, legacy[variant])
+        stats = VariantStats(variant, configs[variant]["legacy"], dict(labels[variant].get("changes") or {}),
+                             labels[variant].get("about"))
         for c in mine:
             if c.epochs:
                 stats.runs[c.seed] = run_stats(c)

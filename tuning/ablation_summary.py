@@ -9,16 +9,19 @@ from tuning.ablation_stats import pm
 
 
 def answer(stats: list[S.VariantStats], config: dict) -> list[str]:
-    """Paragraphs: the symptom with every switch on, the fixed solver, each switch alone, the caveats."""
+    """Paragraphs: the symptom with every switch on, the fixed solver, each switch alone, the controls, the
+    caveats."""
     by = {s.variant: s for s in stats}
     fixed, every = by.get(S.FIXED), by.get(S.ALL)
-    singles = [s for s in stats if s.variant not in (S.FIXED, S.ALL)]
+    singles = [s for s in stats if s.variant not in (S.FIXED, S.ALL) and not s.is_control]
+    controls = [s for s in stats if s.is_control and s.variant not in (S.FIXED, S.ALL)]
     declining = sorted((s for s in singles if s.verdict in (S.DECLINES, S.FALLS_LATE)),
                        key=lambda s: -s.agg("drop")[0])
     out = [headline(every, fixed, declining, singles)]
     out += [describe(s, fixed) for s in ([every] if every else []) + ([fixed] if fixed else []) + declining]
     out += [describe(s, fixed) for s in singles if s not in declining and not s.no_effect]
     out += [f"`{s.variant}` had no effect in this configuration: {s.no_effect}." for s in singles if s.no_effect]
+    out += [describe_control(s, fixed) for s in controls]
     return out + caveats(stats, config)
 
 
@@ -50,9 +53,25 @@ def headline(every, fixed, declining, singles) -> str:
     return symptom + f" None of the {_switches(len(acted))} that acted declines on its own."
 
 
-def describe(s: S.VariantStats, fixed: S.VariantStats | None) -> str:
+def describe_control(s: S.VariantStats, fixed: S.VariantStats | None) -> str:
+    """A control (the fixed solver with a config field changed) in numbers, and whether its verdict is the
+    fixed solver's: where they differ, the changed field is the only difference between the two."""
+    changed = ", ".join(f"{k}={v}" for k, v in s.changes.items())
+    name = f"`{s.variant}` ({s.about or changed}; a control, not a defect)"
+    if s.no_effect:
+        return f"{name} had no effect in this configuration: {s.no_effect}."
+    text = describe(s, fixed, name=name)
+    if fixed is None or S.NO_DATA in (s.verdict, fixed.verdict):
+        return text
+    if s.verdict == fixed.verdict:
+        return text + f" Its verdict is the fixed solver's ({fixed.verdict})."
+    return (text + f" Its verdict differs from the fixed solver's ({fixed.verdict}), and {changed} "
+            f"{'is' if len(s.changes) == 1 else 'are'} all that differs between the two.")
+
+
+def describe(s: S.VariantStats, fixed: S.VariantStats | None, name: str | None = None) -> str:
     """One variant in numbers: peak, final, drop against the seed spread, and the paired difference from fixed."""
-    name = "The fixed solver" if s.variant == S.FIXED else f"`{s.variant}`"
+    name = name or ("The fixed solver" if s.variant == S.FIXED else f"`{s.variant}`")
     if s.verdict == S.NO_DATA:
         return f"{name} reported no finite test SRCC."
     drop, spread = s.agg("drop")[0], s.spread
@@ -124,10 +143,18 @@ def summary_markdown(stats: list[S.VariantStats], sentences: list[str], *, title
               f"Rule: a variant *declines* when its mean drop exceeds {S.MIN_DROP} and {S.SPREAD_FACTOR:g} x the SD "
               f"over seeds of its final test SRCC, and every seed drops by more than {S.MIN_DROP}; *early* means its median peak epoch lies in the first half of "
               "the run. A switch has *no effect* when the runs reported the fixed solver's learning rates in "
-              "every epoch (LR switches) or the fixed solver's numbers (the others).", "",
+              "every epoch (LR switches) or the fixed solver's numbers (the others)." + _controls_rule(stats), "",
               "![curves](curves.png)", "",
               "Files: `table.csv` and `table.md` (this table), `runs.csv` (every run's every epoch), `curves.png`.", ""]
     return "\n".join(lines)
+
+
+def _controls_rule(stats: list[S.VariantStats]) -> str:
+    controls = [f"`{s.variant}`" for s in stats if s.is_control]
+    if not controls:
+        return ""
+    return (f" The controls ({', '.join(controls)}) change a configuration field instead of switching on a "
+            "defect; they are paired with the fixed solver by seed like every variant.")
 
 
 def _switches(n: int) -> str:
