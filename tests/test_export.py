@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,16 @@ def test_curves_png_is_written(tmp_path):
             report.make_row("b", {}, "TERMINATED", _epochs([0.2]), "val_srcc", 2)]
     report.plot_curves(rows, "val_srcc", "a", tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("umask, folder_mode, file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_the_export_folder_gets_the_modes_the_umask_gives(tmp_path, umask, folder_mode, file_mode):
+    # tempfile's 0o700 folders would hide an export from colleagues on shared storage.
+    old = os.umask(umask)
+    try:
+        _export_into(tmp_path / "export")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "export").stat().st_mode & 0o777 == folder_mode
+    assert (tmp_path / "export" / "summary.md").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "export" / MARKER).stat().st_mode & 0o777 == file_mode

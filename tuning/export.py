@@ -37,13 +37,12 @@ import csv
 import io
 import json
 import math
-import shutil
-import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from hyperiqa.checkpoint import CONFIG
 from hyperiqa.convert import FILES as FORMAT_FILES
-from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text, run_cli
+from hyperiqa.utils import UserError, atomic_dir, atomic_write_json, atomic_write_text, run_cli
 from tuning import crosseval, experiment_folder, report, tracking
 from tuning.options import absolute, is_uri, read_experiment_file, write_experiment_file
 from tuning.plan import SEARCH_FILE, Plan
@@ -265,35 +264,17 @@ def check_export_dir(target, experiment: str | None = None) -> Path:
     return target
 
 
-class _staging:
-    """Build the folder under a temporary name beside `target`, then swap it in. Only a folder that
-    check_export_dir accepts is replaced: checked on entry and again at the swap, which may come long after
+@contextmanager
+def _staging(target, experiment: str | None = None):
+    """Build the folder under a temporary name beside `target`, then swap it in (hyperiqa.utils.atomic_dir:
+    the files get the umask's modes, a reader never sees half a folder). Only a folder that check_export_dir
+    accepts is replaced: checked on entry and again before the swap, which may come long after
     (cross-dataset scoring), so files put there meanwhile survive too."""
-
-    def __init__(self, target: Path, experiment: str | None = None):
-        self.target, self.experiment = Path(target), experiment
-
-    def __enter__(self) -> Path:
-        self.target = check_export_dir(self.target, self.experiment)
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.tmp-"))
-        (self.tmp / EXPORT_MARKER).write_text(MARKER_TEXT)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        try:
-            check_export_dir(self.target, self.experiment)
-        except UserError:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise
-        old = self.tmp.with_name(f"{self.tmp.name}.old")  # beside the unique temporary name: nobody else's
-        if self.target.exists():
-            self.target.rename(old)
-        self.tmp.rename(self.target)
-        shutil.rmtree(old, ignore_errors=True)
+    target = check_export_dir(target, experiment)
+    with atomic_dir(target) as tmp:
+        (tmp / EXPORT_MARKER).write_text(MARKER_TEXT)
+        yield tmp
+        check_export_dir(target, experiment)
 
 
 def main(argv: list[str] | None = None) -> int:
