@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from hyperiqa import evaluate, predict, train
-from hyperiqa.utils import run_cli
+from hyperiqa.utils import UserError, run_cli
 
 
 def cli(main, argv, capsys) -> tuple[int, str, str]:
@@ -150,3 +150,21 @@ def test_predict_accepts_an_original_checkpoint(tmp_path, capsys):
     with torch.no_grad():
         expected = ours((x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)).item()
     assert score == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_dataset_too_small_for_a_correlation_is_refused_before_training(tiny_dataset, tiny_cfg, tmp_path, capsys):
+    root = tmp_path / "three"
+    root.mkdir()
+    for name in ("g0_l0.png", "g1_l1.png", "g2_l2.png"):
+        shutil.copy(tiny_dataset / name, root / name)
+    (root / "labels.csv").write_text("image,label\ng0_l0.png,9\ng1_l1.png,7\ng2_l2.png,5\n")
+    cfg = tiny_cfg(data_root=str(root), dataset_options={"csv": "labels.csv"}, val_fraction=0.1, test_fraction=0.2)
+    cfg.save(tmp_path / "cfg.yaml")
+    code, out, err = cli(train.main, ["--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "epoch 1" not in out and not (tmp_path / "r" / "last").exists()
+    assert err.strip() == ("error: csv: the val split of the random split has 1 image (3 in the dataset); a correlation "
+                           "needs at least 3: raise val_fraction (now 0.1), or use a larger dataset")
+    from tuning.options import check_dataset
+
+    with pytest.raises(UserError, match="the val split of the random split has 1 image"):
+        check_dataset(cfg)  # the search CLIs call it before Ray starts

@@ -181,6 +181,6 @@ def test_standardized_labels_set_the_output_affine_and_survive_checkpoints(tiny_
 def test_a_configuration_whose_last_batch_would_be_one_patch_trains(tiny_cfg):
     # 16 training images x 1 patch, batch 5: 5, 5, 5 and 1 patch, which BatchNorm cannot train on.
     solver = Solver(tiny_cfg(epochs=1, train_patches=1, batch_size=5), log=quiet)
-    assert solver.iters_per_epoch == 3
     (m,) = list(solver.epochs())
     assert m["status"] == "completed" and math.isfinite(m["train_loss"])
+    assert solver.iters_per_epoch == 3 and int(solver.scheduler.last_epoch) == 3  # 5, 5 and 6 patches
