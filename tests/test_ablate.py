@@ -202,3 +202,18 @@ def test_ablation_end_to_end_paired_splits_and_folder(tiny_dataset, tiny_cache_d
     assert (tmp_path / "again" / "table.csv").read_text() == (out / "table.csv").read_text()
     summary = (out / "summary.md").read_text()
     assert "## What the data says" in summary and "![curves](curves.png)" in summary
+
+
+def test_an_out_folder_holding_other_files_is_refused_before_any_run(tiny_dataset, tiny_cache_dir, tmp_path):
+    import ray
+
+    from hyperiqa.utils import UserError
+    from tuning import ablate
+
+    out = tmp_path / "out"  # the folder ablate_argv names with --out
+    out.mkdir()
+    (out / "paper.md").write_text("mine")
+    with pytest.raises(UserError, match="paper.md"):
+        ablate.main(ablate_argv(tiny_dataset, tiny_cache_dir, tmp_path)[2:])
+    assert not ray.is_initialized() and not (tmp_path / "ray" / "abl").exists()
+    assert (out / "paper.md").read_text() == "mine"
