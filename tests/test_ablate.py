@@ -355,3 +355,18 @@ def test_a_failed_run_fails_the_ablation_after_writing_the_folder(tiny_dataset, 
     assert "fixed-s1: FAILED" in capsys.readouterr().out
     rows = csv_rows(tmp_path / "out" / "runs.csv")
     assert {r["run"] for r in rows} == {"fixed-s0", "all-s0"}  # seed 1 (FAIL_SEED) failed in both variants
+
+
+def test_an_out_folder_holding_other_files_is_refused_before_any_run(tiny_dataset, tiny_cache_dir, tmp_path):
+    import ray
+
+    from hyperiqa.utils import UserError
+    from tuning import ablate
+
+    out = tmp_path / "out"  # the folder ablate_argv names with --out
+    out.mkdir()
+    (out / "paper.md").write_text("mine")
+    with pytest.raises(UserError, match="paper.md"):
+        ablate.main(ablate_argv(tiny_dataset, tiny_cache_dir, tmp_path)[2:])
+    assert not ray.is_initialized() and not (tmp_path / "ray" / "abl").exists()
+    assert (out / "paper.md").read_text() == "mine"

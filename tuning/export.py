@@ -4,6 +4,8 @@
 
 re-exports any finished or interrupted experiment (EXPERIMENT_PATH = storage path / name). The
 folder is built beside its destination and renamed into place, so a reader never sees half of it.
+It replaces only an empty folder or one an export wrote (it holds .hyperiqa-export), never the
+experiment's folder, one inside or holding it, or the current folder; others are refused in one line.
 
     best_config.yaml   full TrainConfig of the best trial (python -m hyperiqa.train --config best_config.yaml)
     checkpoint/        the best epoch of the best trial (not its last): the solver's checkpoint files
