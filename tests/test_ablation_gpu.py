@@ -35,7 +35,8 @@ def test_smoke_runs_the_recipe_on_the_cpu(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "plan: 2 runs x 2 epochs x (68 training images + 34 evaluated / 2.5)" in proc.stdout
-    assert {p.name for p in out.iterdir()} == {"curves.png", "table.csv", "table.md", "runs.csv", "summary.md"}
+    assert {p.name for p in out.iterdir()} == {"curves.png", "table.csv", "table.md", "runs.csv", "summary.md",
+                                              ".hyperiqa-export"}
     with open(out / "runs.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted((r["run"], r["epoch"]) for r in rows) == [

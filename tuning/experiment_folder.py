@@ -47,6 +47,7 @@ def claim(experiment_path: str, *, new: bool):
         yield
         return
     folder = Path(experiment_path)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -59,8 +60,21 @@ def claim(experiment_path: str, *, new: bool):
             raise UserError(f"{experiment_path} already holds an experiment; add --resume to continue it or "
                             "choose another --name")
         yield
+    except BaseException:
+        if created:  # refused before anything ran (resources, export folder): leave no empty experiment behind
+            _remove_if_only_the_lock(folder)
+        raise
     finally:
         os.close(fd)  # releases the flock
+
+
+def _remove_if_only_the_lock(folder: Path) -> None:
+    try:
+        if [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            (folder / LOCK_FILE).unlink()
+            folder.rmdir()
+    except OSError:
+        pass
 
 
 def _lock(fd: int) -> bool | None:
