@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hyperiqa.config import ConfigError
-from hyperiqa.models.backbone import Backbone
+from hyperiqa.models.base import BackboneModel
 
 TARGET_SIZES = (224, 112, 56, 28, 14)  # target-net widths; the last layer maps 14 -> 1
 HYPER_CHANNELS = 112                   # channels of the hyper-network feature map
@@ -87,19 +87,16 @@ def target_net(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> Tensor
     return q.reshape(-1)
 
 
-class HyperIQA(nn.Module):
+class HyperIQA(BackboneModel):
     """Score a (B,3,H,W) batch, normalised with `input_mean`/`input_std`, as a (B,) float32 tensor."""
 
     def __init__(self, backbone: str = "resnet50", *, pretrained: bool = False, backbone_weights: str | None = None,
                  multiscale: bool = False, frozen_stages: int = 0, patch_size: int = 224) -> None:
-        super().__init__()
-        self.backbone_name, self.multiscale, self.patch_size = backbone, multiscale, patch_size
-        self.backbone = Backbone(backbone, pretrained=pretrained, weights=backbone_weights, img_size=patch_size)
-        if self.backbone.num_stages < 2 or self.backbone.num_stages > 14:
-            raise ConfigError(f"backbone = {backbone!r}: has {self.backbone.num_stages} feature stages of "
+        super().__init__(backbone, pretrained=pretrained, backbone_weights=backbone_weights, multiscale=multiscale,
+                         patch_size=patch_size)
+        if self.num_stages < 2 or self.num_stages > 14:
+            raise ConfigError(f"backbone = {backbone!r}: has {self.num_stages} feature stages of "
                               "stride >= 4; HyperIQA needs 2..14")
-        self.num_stages = self.backbone.num_stages
-        self.input_mean, self.input_std = self.backbone.mean, self.backbone.std
         channels = self.backbone.channels
         self.lda = LDA(channels)
         c = sum(channels) if multiscale else channels[-1]
@@ -108,19 +105,7 @@ class HyperIQA(nn.Module):
                                    nn.Conv2d(c // 2, c // 4, 1), nn.ReLU(inplace=True),
                                    nn.Conv2d(c // 4, HYPER_CHANNELS, 1), nn.ReLU(inplace=True))
         self.generator = WeightGenerator()
-        # score = target-net output * label_scale + label_shift. Identity by default (the paper); the
-        # solver sets them from the training labels for cfg.label_norm = standardize. Saved with the weights.
-        self.register_buffer("label_scale", torch.ones(()))
-        self.register_buffer("label_shift", torch.zeros(()))
-        self.freeze_stages(frozen_stages)
-
-    @property
-    def frozen_stages(self) -> int:
-        return self.backbone.frozen_stages
-
-    def freeze_stages(self, n: int) -> None:
-        """Freeze the stem and the first n backbone stages (LDA branches stay trainable)."""
-        self.backbone.freeze_stages(n)
+        self.freeze_stages(frozen_stages)  # the stem and the first n stages; the LDA branches stay trainable
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Trainable backbone and LDA parameters (the original's `res.*` group)."""

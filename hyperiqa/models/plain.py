@@ -15,36 +15,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from hyperiqa.models.backbone import Backbone
+from hyperiqa.models.base import BackboneModel
 
 HIDDEN = 512
 
 
-class PlainIQA(nn.Module):
+class PlainIQA(BackboneModel):
     """Score a (B,3,H,W) batch, normalised with `input_mean`/`input_std`, as a (B,) float32 tensor."""
 
     def __init__(self, backbone: str = "resnet50", *, pretrained: bool = False, backbone_weights: str | None = None,
                  multiscale: bool = False, frozen_stages: int = 0, patch_size: int = 224) -> None:
-        super().__init__()
-        self.backbone_name, self.multiscale, self.patch_size = backbone, multiscale, patch_size
-        self.backbone = Backbone(backbone, pretrained=pretrained, weights=backbone_weights, img_size=patch_size)
-        self.num_stages = self.backbone.num_stages
-        self.input_mean, self.input_std = self.backbone.mean, self.backbone.std
+        super().__init__(backbone, pretrained=pretrained, backbone_weights=backbone_weights, multiscale=multiscale,
+                         patch_size=patch_size)
         channels = self.backbone.channels
         c = sum(channels) if multiscale else channels[-1]
         self.head = nn.Sequential(nn.Linear(c, HIDDEN), nn.ReLU(inplace=True), nn.Linear(HIDDEN, 1))
         nn.init.kaiming_normal_(self.head[0].weight)  # as HyperIQA's layers; the rest PyTorch's default
-        # score = head output * label_scale + label_shift, as HyperIQA's (the solver sets them).
-        self.register_buffer("label_scale", torch.ones(()))
-        self.register_buffer("label_shift", torch.zeros(()))
         self.freeze_stages(frozen_stages)
-
-    @property
-    def frozen_stages(self) -> int:
-        return self.backbone.frozen_stages
-
-    def freeze_stages(self, n: int) -> None:
-        self.backbone.freeze_stages(n)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.backbone.parameters() if p.requires_grad]
