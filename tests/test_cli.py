@@ -83,11 +83,15 @@ def test_evaluate_reproduces_the_checkpoint_metrics(trained_run, capsys):
     assert (result["dataset"], result["split"], result["n_images"]) == ("csv", "test", 4)
 
 
-def test_predict_scores_a_folder_and_skips_a_non_image(trained_run, tiny_dataset, tmp_path, capsys):
-    folder = tmp_path / "images"
+def copy_images(source, folder, names):
     folder.mkdir()
-    for name in ("g0_l0.png", "g0_l3.png", "g1_l1.png"):
-        shutil.copy(tiny_dataset / name, folder / name)
+    for name in names:
+        shutil.copy(source / name, folder / name)
+    return folder
+
+
+def test_predict_scores_a_folder_and_skips_a_non_image(trained_run, tiny_dataset, tmp_path, capsys):
+    folder = copy_images(tiny_dataset, tmp_path / "images", ("g0_l0.png", "g0_l3.png", "g1_l1.png"))
     (folder / "notes.jpg").write_text("not an image")
     argv = ["--checkpoint", str(trained_run[0] / "best"), str(folder), "--crops", "3"]
     code, stdout, stderr = cli(predict.main, argv, capsys)
@@ -153,10 +157,7 @@ def test_predict_accepts_an_original_checkpoint(tmp_path, capsys):
 
 
 def test_a_dataset_too_small_for_a_correlation_is_refused_before_training(tiny_dataset, tiny_cfg, tmp_path, capsys):
-    root = tmp_path / "three"
-    root.mkdir()
-    for name in ("g0_l0.png", "g1_l1.png", "g2_l2.png"):
-        shutil.copy(tiny_dataset / name, root / name)
+    root = copy_images(tiny_dataset, tmp_path / "three", ("g0_l0.png", "g1_l1.png", "g2_l2.png"))
     (root / "labels.csv").write_text("image,label\ng0_l0.png,9\ng1_l1.png,7\ng2_l2.png,5\n")
     cfg = tiny_cfg(data_root=str(root), dataset_options={"csv": "labels.csv"}, val_fraction=0.1, test_fraction=0.2)
     cfg.save(tmp_path / "cfg.yaml")
