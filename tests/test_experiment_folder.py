@@ -242,3 +242,20 @@ def test_an_eof_error_counts_as_a_full_disk_only_when_the_disk_is_nearly_full(tm
         fail_with(EOFError("Ran out of input"), str(tmp_path))
     with pytest.raises(ValueError):  # not a failure a full disk causes
         fail_with(ValueError("bad"), str(tmp_path))
+
+
+def test_an_intact_copy_in_rays_staging_folder_is_named(tmp_path, monkeypatch):
+    # Measured on a full 4 MiB tmpfs as --storage-path: the upload cut the experiment state short, while the
+    # driver's staging copy under Ray's temp folder stayed whole; copying it back let --resume finish.
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
+    folder = tmp_path / "ray" / "x"
+    folder.mkdir(parents=True)
+    damaged = write_state(folder, "2026-01-01_00-00-00", '{"trial_data": [')
+    staging = tmp_path / "tmp" / "ray" / "session_1" / "artifacts" / "2026-01-01" / "x" / "driver_artifacts"
+    staging.mkdir(parents=True)
+    write_state(staging, "2026-01-01_00-00-00", '{"trial_data": []}')
+    with pytest.raises(UserError) as exc_info:
+        experiment_folder.check_resumable(str(folder), "export it")
+    assert one_line(exc_info).endswith(f"Ray's driver still holds an intact copy: copy the contents of {staging} "
+                                       f"into {folder} (cp -r {staging}/. {folder}/), then --resume")
+    assert str(damaged) in str(exc_info.value)

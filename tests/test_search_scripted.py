@@ -281,7 +281,7 @@ def test_an_export_dir_holding_other_files_is_refused_before_ray_starts(tiny_dat
 
 
 def test_a_truncated_experiment_state_exports_from_the_trial_folders_and_resume_says_why(
-        tiny_dataset, tiny_cache_dir, tmp_path, capsys):
+        tiny_dataset, tiny_cache_dir, tmp_path, capsys, monkeypatch):
     from hyperiqa.utils import UserError
     from tuning.export import export_experiment
 
@@ -301,6 +301,10 @@ def test_a_truncated_experiment_state_exports_from_the_trial_folders_and_resume_
     argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, "truncated", "--resume")
     with pytest.raises(UserError) as exc_info:
         search.main(argv)  # refused before Ray starts: Ray itself fails with a JSONDecodeError traceback
+    assert "Ray's driver still holds an intact copy: copy the contents of " in str(exc_info.value)  # /tmp/ray/...
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "elsewhere"))  # the copy gone (another machine, a reboot)
+    with pytest.raises(UserError) as exc_info:
+        search.main(argv)
     assert str(exc_info.value).startswith(f"Ray's experiment state {state} is unreadable (JSONDecodeError")
     assert str(exc_info.value).endswith(f"cannot be resumed; `python tuning/export.py {experiment}` exports what "
                                         "its trials saved") and "\n" not in str(exc_info.value)

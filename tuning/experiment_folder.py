@@ -120,11 +120,24 @@ def check_resumable(experiment_path: str, instead: str) -> None:
     if damaged is None:
         return
     states = state_files(experiment_path)
+    staged = staged_copy(experiment_path, states[-1].name)
+    if staged is not None:
+        raise UserError(f"{damaged}; Ray's driver still holds an intact copy: copy the contents of {staged.parent} "
+                        f"into {experiment_path} (cp -r {staged.parent}/. {experiment_path}/), then --resume")
     older = next((s for s in reversed(states[:-1]) if unreadable(s) is None), None)
     if older is not None:
         raise UserError(f"{damaged}; move that file out of the folder and --resume continues from the older "
                         f"state {older.name}")
     raise UserError(f"{damaged}, and there is no older one, so this experiment cannot be resumed; {instead}")
+
+
+def staged_copy(experiment_path: str, state_name: str) -> Path | None:
+    """An intact copy of this state file in a local Ray session's staging folder (Ray writes the state there
+    first, then uploads it with the trials' results: a storage path that ran full leaves this copy whole)."""
+    name = Path(experiment_path).name
+    sessions = Path(ray_temp_dir(), "ray").glob(f"session_*/artifacts/*/{name}/driver_artifacts/{state_name}")
+    intact = [p for p in sessions if unreadable(p) is None]
+    return max(intact, key=lambda p: p.stat().st_mtime) if intact else None
 
 
 def ray_temp_dir() -> str:

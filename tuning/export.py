@@ -116,7 +116,11 @@ def load_trials(experiment_path: str, plan: Plan, *, log=print) -> tuple[list[re
 
     trials = read_trials(experiment_path)
     if not trials:
-        raise UserError(f"{experiment_path}: {damaged}, and no trial folder there holds a result")
+        states = experiment_folder.state_files(experiment_path)
+        staged = experiment_folder.staged_copy(experiment_path, states[-1].name) if states else None
+        then = (f"; Ray's driver still holds an intact copy: copy the contents of {staged.parent} into "
+                f"{experiment_path}, then export again" if staged else "")
+        raise UserError(f"{experiment_path}: {damaged}, and no trial folder there holds a result{then}")
     log(f"warning: {damaged}; read the {len(trials)} trials from their own folders instead (a trial that ASHA "
         "stopped or that errored shows as unfinished)")
     rows = [report.make_row(t.trial_id, t.config, "", t.epochs, plan.metric, plan.max_epochs) for t in trials]
