@@ -40,7 +40,8 @@ DEMO_MAX_EPOCHS = 12
 # bench/search_quality.py (8 trials of random search run to the end, seeds 0 and 1) found a trial's val
 # SRCC after epoch 1 a poor predictor of its best and a good one after epoch 4, and ASHA with a grace
 # period of 1 stopping the trial that ended best (the figures, and when they were measured:
-# docs/search-quality.md). So the demo's first rung is at epoch 4 (two of demo_config()'s epochs). Other datasets (pretrained backbones; not measured here) keep max_epochs // 8.
+# docs/search-quality.md). So the demo's first rung is at epoch 4 (two of demo_config()'s epochs).
+# Other datasets (pretrained backbones; not measured here) keep max_epochs // 8.
 DEMO_GRACE_PERIOD = 4
 # The photos miniature (photos_config(): pretrained EfficientNet-Lite0, paper optimisation): sized from
 # its epoch's cost on one core so that 8 trials of up to 8 epochs, two at a time, under ASHA with rungs
