@@ -280,7 +280,7 @@ def measure_write_cost(root: Path, repeats: int, backbone: str) -> dict:
         solver.save_checkpoint(local, {"epoch": 1, "val_srcc": 0.5})
         os.sync()  # the bytes on disk, not in the page cache
         t1 = time.monotonic()
-        stored.parent.mkdir(parents=True, exist_ok=True)
+        stored.mkdir(parents=True, exist_ok=True)
         pyarrow.fs.copy_files(str(local), str(stored), source_filesystem=fs, destination_filesystem=fs)
         os.sync()
         t2 = time.monotonic()
