@@ -1,14 +1,17 @@
 """Training and evaluation throughput of one trial, side by side with the original HyperIQA protocol.
 
 One run, one table, on whatever device it finds (CUDA or CPU). For each backbone it measures
-  ceiling     the solver's training step on a batch already in device memory
+  ceiling     the solver's training step on a batch already in device memory, with denormal floats flushed
+              to zero on the CPU: training one batch over and over breeds denormals, which x86 CPUs compute
+              slowly, and without flushing this "ceiling" came out 20-30 % below e2e (issue 24)
   e2e         the solver's training epoch fed by the decoded cache and the on-device patch sampler
   eval        fixed-crop batched evaluation
   original    per-patch PIL decode + resize + crop in a DataLoader (no workers, as shipped), fp32 NCHW
               training at batch 96; batch-1 evaluation with per-patch decode
   shared xK   K separate processes training on one device: on a GPU each capped to 1/K of its memory,
               on the CPU each with 1/K of the cores as torch threads (the single-process rows use all)
-and prints patches/s, e2e/ceiling, e2e/original, peak GPU memory and the device name.
+and prints patches/s, e2e/ceiling, e2e/original, peak GPU memory and the device name. --denormals both
+adds an e2e row with denormals flushed (torch.set_flush_denormal), measured in alternation with the others.
 
     python bench/throughput.py --quick            # sized for under 4 minutes on an H100/H200 (not yet timed)
     python bench/throughput.py                    # resnet50 + swin_tiny, more images, 2 and 4 sharers
@@ -91,15 +94,24 @@ def measure_solver(args, folder, backbone, cache_dir) -> dict:
     real_train = solver.data.train
     x, y = next(iter(real_train.epoch(0)))
     repeat = _RepeatBatch(x, y, len(real_train))
+    # (name, sampler, flush denormals): the ceiling always flushes; e2e as --denormals says.
+    runs = [("e2e", real_train, args.denormals == "flush"), ("ceiling", repeat, True)]
+    if args.denormals == "both":
+        runs.insert(1, ("e2e_flush", real_train, True))
     # One untimed epoch of each (autotuning, allocator), then alternate them: measured one after the other,
     # drift on a shared machine showed up as a 20% "gap" that alternating removes.
-    e2e, ceiling = [], []
-    for rnd in range(args.epochs + 1):
-        for sampler, rates in ((real_train, e2e), (repeat, ceiling)):
-            solver.data.train = sampler
-            rate = solver.train_epoch()["patches_per_s"]
-            if rnd:
-                rates.append(rate)
+    rates: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+    flushed = {False: torch.set_flush_denormal(False)}
+    try:
+        for rnd in range(args.epochs + 1):
+            for name, sampler, flush in runs:
+                flushed[flush] = torch.set_flush_denormal(flush)  # False where the CPU cannot (and on CUDA: no effect)
+                solver.data.train = sampler
+                rate = solver.train_epoch()["patches_per_s"]
+                if rnd:
+                    rates[name].append(rate)
+    finally:
+        torch.set_flush_denormal(False)
     solver.data.train = real_train
     solver.evaluate("test")  # warm-up: autotuning for the eval batch shape
     sync(dev)
@@ -107,7 +119,8 @@ def measure_solver(args, folder, backbone, cache_dir) -> dict:
     solver.evaluate("test")
     sync(dev)
     n_eval = solver.data.test.num_images * solver.cfg.test_patches
-    out = {"setup_s": setup_s, "e2e": max(e2e), "ceiling": max(ceiling),
+    out = {"setup_s": setup_s, **{name: max(r) for name, r in rates.items()}, "rates": rates,
+           "denormals": args.denormals, "flush_supported": flushed.get(True, False),
            "eval": n_eval / (time.monotonic() - t0), "train_patches_per_epoch": real_train.num_patches}
     if dev.type == "cuda":
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
@@ -195,6 +208,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3,
                    help="timed epochs of e2e and of ceiling, alternating, after one untimed each (the best is kept)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--denormals", choices=("keep", "flush", "both"), default="keep",
+                   help="e2e with denormal floats as torch leaves them (keep, the default, as training runs), "
+                        "flushed to zero (flush), or both side by side (both: adds an e2e_flush row); the "
+                        "ceiling always flushes them")
     p.add_argument("--original-batches", type=int, default=8)
     p.add_argument("--original-eval-patches", type=int, default=100)
     p.add_argument("--threads", type=int, default=None,
@@ -256,7 +273,10 @@ def print_table(results: dict) -> None:
         print(f"| {name} | {fmt(r['ceiling'])} | {fmt(r['e2e'])} | {fmt(r['eval'])} | {fmt(o['train'])} | "
               f"{fmt(o['eval'])} | {r['e2e'] / r['ceiling']:.2f} | {r['e2e'] / o['train']:.1f}x | {fmt(s2)} | "
               f"{fmt(s4)} | {peak(r.get('peak_mem_gib'))} |")
-    print("(patches/s; e2e = decoded cache + on-device patch sampler + solver step)")
+        if "e2e_flush" in r:
+            print(f"| {name}, e2e with denormals flushed | | {fmt(r['e2e_flush'])} | | | | "
+                  f"{r['e2e_flush'] / r['ceiling']:.2f} | | | | |")
+    print("(patches/s; e2e = decoded cache + on-device patch sampler + solver step; the ceiling flushes denormals)")
 
 
 if __name__ == "__main__":

@@ -25,20 +25,28 @@ from hyperiqa.config import TrainConfig
 BARRIER_S = 180
 
 
-def _report(metrics: dict, checkpoint: bool = True) -> None:
+def _report(metrics: dict, checkpoint: bool = True, files: dict | None = None) -> None:
+    """files: {name: size in bytes} written beside metrics.json (the solver's weights and trainer state)."""
     if not checkpoint:
         tune.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "metrics.json").write_text(json.dumps(metrics))
+        for name, size in (files or {}).items():
+            (Path(folder) / name).write_bytes(b"\0" * size)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def _restored_epoch() -> int:
+def _restored_epoch(files: dict | None = None) -> int:
+    """The epoch of the checkpoint Ray hands back; with `files`, the checkpoint must hold all of them, as the
+    real trial needs its weights and trainer state to resume."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as folder:
+        missing = [name for name in files or {} if not (Path(folder) / name).is_file()]
+        if missing:
+            raise RuntimeError(f"checkpoint {checkpoint.path} cannot be resumed: no {', '.join(missing)}")
         return int(json.loads((Path(folder) / "metrics.json").read_text())["epoch"])
 
 
@@ -62,20 +70,21 @@ def gpu_probe(config, *, base, space, metric, barrier: str, expected: int, total
              "memory_fraction": cfg.gpu_memory_fraction or 1.0, "cache_gib": budget / 2**30})
 
 
-def scripted(config, *, base, space, metric, curves: dict, pause_dir: str | None = None) -> None:
+def scripted(config, *, base, space, metric, curves: dict, pause_dir: str | None = None,
+             files: dict | None = None) -> None:
     """Report curves[str(backbone_lr)] epoch by epoch (NaN -> status diverged, then stop). With
     `pause_dir`, a trial whose curve is named in pause_dir/pause.json waits after that many epochs
-    until pause_dir/resumed exists (the test kills the driver in between)."""
+    until pause_dir/resumed exists (the test kills the driver in between). `files`: see _report."""
     values = curves[repr(config["backbone_lr"])]
     pause = json.loads((Path(pause_dir) / "pause.json").read_text()) if pause_dir else {}
-    for epoch in range(_restored_epoch() + 1, len(values) + 1):
+    for epoch in range(_restored_epoch(files) + 1, len(values) + 1):
         value = values[epoch - 1]
         diverged = value is None or math.isnan(value)
         status = "diverged" if diverged else ("completed" if epoch == len(values) else "running")
         metrics = {"epoch": epoch, metric: math.nan if diverged else value, "status": status}
         if diverged:
             metrics["message"] = f"diverged at epoch {epoch}: non-finite training loss"
-        _report(metrics)
+        _report(metrics, files=files)
         if diverged:
             return
         if pause.get(repr(config["backbone_lr"])) == epoch:

@@ -17,7 +17,7 @@ import ray._private.ray_constants as ray_constants
 from ray import tune
 
 from hyperiqa.utils import UserError
-from tuning import report, tracking
+from tuning import report, retention, tracking
 from tuning.plan import Plan
 from tuning.schedulers import BestValueOptunaSearch, ResumableASHA
 from tuning.trainable import FAILED, fixed_trial, train_trial
@@ -189,6 +189,29 @@ class FailedTrialReporter(tune.Callback):
             print(f"trial {trial.trial_id} failed and is not retried: {result.get('message')}", flush=True)
 
 
+class RetentionCallback(tune.Callback):
+    """--keep-checkpoints best/top-K while the search runs (tuning/retention.py): after each checkpoint, the
+    trial's older ones lose their optimizer state; a trial that ended keeps its best epoch's weights only.
+    A failed deletion is a warning: it must not stop Ray from registering the checkpoint."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        # Ray calls this once the worker has uploaded `checkpoint`, before ranking it with the others.
+        self._quietly(retention.drop_old_optimizer_state, checkpoint.filesystem, trial.path, checkpoint.path)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._quietly(retention.finish_trial, trial.storage.storage_filesystem, trial.path, self.metric)
+
+    @staticmethod
+    def _quietly(fn, *args) -> None:
+        try:
+            fn(*args)
+        except OSError as exc:
+            print(f"warning: --keep-checkpoints could not delete old checkpoint files ({exc})", flush=True)
+
+
 def tracking_callbacks(plan) -> list:
     """Ray Tune's logger callbacks for --log-to (a runner.RunSet has none). TensorBoard event files are
     written by Ray's default TBXLoggerCallback anyway; naming it here only makes it explicit."""
@@ -223,7 +246,14 @@ def run_config(plan) -> tune.RunConfig:
         # Upload each trial's working directory (its train.log) with every checkpoint: it lives on the
         # trial's node, which on a cluster is not the driver's.
         sync_config=tune.SyncConfig(sync_artifacts=True),
-        failure_config=tune.FailureConfig(max_failures=2), callbacks=[FailedTrialReporter(), *tracking_callbacks(plan)])
+        failure_config=tune.FailureConfig(max_failures=2),
+        callbacks=[FailedTrialReporter(), *retention_callbacks(plan), *tracking_callbacks(plan)])
+
+
+def retention_callbacks(plan) -> list:
+    """A runner.RunSet (ablate, confirm) has no --keep-checkpoints: it gets the default."""
+    keep = getattr(plan, "keep_checkpoints", retention.DEFAULT_KEEP)
+    return [] if keep == retention.ALL else [RetentionCallback(plan.metric)]
 
 
 def build_tuner(plan: Plan, fn=train_trial) -> tune.Tuner:

@@ -88,6 +88,7 @@ class Plan:
     wandb_project: str | None = None
     optuna_storage: str | None = None
     cross: list = field(default_factory=list)    # [[dataset name, absolute root], ...]
+    keep_checkpoints: str = "best"  # tuning/retention.py; plans saved before it load with the default
 
     @property
     def base_config(self) -> TrainConfig:
@@ -146,7 +147,16 @@ def make_plan(args) -> Plan:
     raw_space = _raw_space(space_file)
     return Plan(base.to_dict(), raw_space, space_file.source, args.metric, args.searcher, args.seed, num_samples,
                 max_epochs, grace, args.reduction_factor, gpus, gpus_per_trial, cpus_per_trial, storage, name,
-                export_dir, args.max_concurrent, cross=cross_sets, **tracked)
+                export_dir, args.max_concurrent, cross=cross_sets, keep_checkpoints=_keep(args), **tracked)
+
+
+def _keep(args) -> str:
+    from tuning import retention
+
+    try:
+        return retention.parse_keep(getattr(args, "keep_checkpoints", None) or retention.DEFAULT_KEEP)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _check_budget_flags(args) -> None:

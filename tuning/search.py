@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the experiment --name (default: the newest under --storage-path); finished "
                         "trials are kept, unfinished ones continue from their checkpoints")
     o.add_argument("--export-dir", metavar="DIR", help="export folder (default exports/<name>)")
+    o.add_argument("--keep-checkpoints", metavar="POLICY", default="best",
+                   help="what the trials' checkpoints keep: all (every kept epoch with its optimizer state); "
+                        "best (default: optimizer state only in a running trial's latest checkpoint, an ended "
+                        "trial keeps its best epoch's weights); top-K (as best, and after the export of a "
+                        "finished search only the K best trials keep weights). docs/scale.md")
     tracking.add_flags(p)
     confirm.add_search_flags(p)
     return p
@@ -105,6 +110,7 @@ def _search(args, plan, trial_fn) -> int:
     minutes = (time.monotonic() - start) / 60
     result = export_experiment(plan.experiment_path, plan.export_dir, log=lambda *_: None)
     _print_summary(plan, result, minutes, interrupted)
+    _prune_after_export(plan, result, interrupted)
     if result.cross:
         print("\n" + crosseval.text(result.cross))
     if interrupted:
@@ -116,6 +122,22 @@ def _search(args, plan, trial_fn) -> int:
     if args.confirm and confirm.after_search(args, plan, result):
         return 130
     return 0
+
+
+def _prune_after_export(plan, result, interrupted: bool) -> None:
+    """--keep-checkpoints top-K: once a search has finished and is exported, the trials outside the K best
+    keep no weights. Not after an interrupted search, nor while a trial is unfinished (--resume needs it)."""
+    from tuning import report, retention
+
+    k = retention.top_k(plan.keep_checkpoints)
+    if not k or interrupted or any(row.ended == report.UNFINISHED for row in result.rows) or result.best is None:
+        return
+    ranked = [r.trial_id for r in sorted((r for r in result.rows if report.finite(r.best)), key=lambda r: -r.best)]
+    ranked = [result.best.trial_id] + [t for t in ranked if t != result.best.trial_id]  # the export's, always
+    paths = retention.trial_paths(plan.experiment_path)
+    freed = retention.prune_outside_top(plan.experiment_path, paths, ranked, k)
+    print(f"\n--keep-checkpoints {plan.keep_checkpoints}: removed the weights of {max(0, len(paths) - k)} trials "
+          f"outside the {k} best ({freed / 1e9:.2f} GB)")
 
 
 def new_plan(args):
