@@ -143,7 +143,7 @@ def test_onnx_scores_match_predict_under_onnxruntime(tiny_cfg, tmp_path, head):
 
 
 def test_export_folder_gets_each_requested_format_once(resnet50_checkpoint, tmp_path):
-    from tuning.export import write_formats
+    from tuning.sweep.export_folder import write_formats
 
     folder, _, _ = resnet50_checkpoint
     written = write_formats(folder, ["pyiqa", "original", "pyiqa"], tmp_path)

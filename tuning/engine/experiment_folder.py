@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hyperiqa.utils import UserError
-from tuning.options import is_uri
+from tuning.engine.options import is_uri
 
 LOCK_FILE = ".hyperiqa.lock"
 STATE_PATTERN = "experiment_state-*.json"

@@ -17,8 +17,8 @@ from typing import Any
 
 from hyperiqa.config import TrainConfig, parse_assignments
 from hyperiqa.utils import UserError, read_text
-from tuning import crosseval, tracking
-from tuning.options import (
+from tuning.engine import tracking
+from tuning.engine.options import (
     absolute,
     at_least,
     base_config,
@@ -29,7 +29,8 @@ from tuning.options import (
     resources,
     writable_storage,
 )
-from tuning.space import SearchSpace, load_space, parse_space
+from tuning.sweep import crosseval
+from tuning.sweep.space import SearchSpace, load_space, parse_space
 
 SEARCH_FILE = "hyperiqa_search.json"
 # The demo space halves an epoch (3 patches per image, ~10 s of work on one core) so that ASHA's rungs
@@ -82,7 +83,7 @@ class Plan:
     name: str
     export_dir: str
     max_concurrent: int | None = None  # None: as many trials at once as the resources allow
-    # tracking and integrations (tuning/tracking.py, tuning/crosseval.py); plans saved before them load with these
+    # tracking and integrations (tuning/engine/tracking.py, tuning/sweep/crosseval.py); plans saved before them load with these
     log_to: list = field(default_factory=list)   # tensorboard, mlflow, wandb
     mlflow_uri: str | None = None
     wandb_project: str | None = None

@@ -13,9 +13,9 @@ import warnings
 from pathlib import Path
 
 from hyperiqa.utils import atomic_write_text
-from tuning import ablation_stats as S
-from tuning.ablation_stats import pm
-from tuning.ablation_summary import answer, summary_markdown
+from tuning.ablation import stats as S
+from tuning.ablation.stats import pm
+from tuning.ablation.summary import answer, summary_markdown
 
 RAW_KEYS = ("val_srcc", "val_plcc", "test_srcc", "test_plcc", "train_loss", "train_srcc", "train_image_srcc",
             "train_image_plcc", "lr_backbone", "lr_head", "status")
@@ -99,7 +99,9 @@ def write_folder(out_dir: str | Path, runs: list[dict], curves: dict[str, list[d
                  source: str, config_line: str, experiment: str | None = None) -> tuple[list[S.VariantStats], str]:
     """Write the folder (built beside it and swapped in, replacing only a folder written this way, never the
     experiment's); return the statistics and the answer's sentences."""
-    from tuning.export import _staging  # the export folder's swap-in: a reader never sees half a folder
+    from tuning.sweep.export_folder import (
+        _staging,  # the export folder's swap-in: a reader never sees half a folder
+    )
 
     stats = S.summarize(runs, curves)
     sentences = answer(stats, runs[0]["config"])

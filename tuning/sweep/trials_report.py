@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuning.ablation_stats import MIN_DROP, peak
+from tuning.ablation.stats import MIN_DROP, peak
 
 # How a trial ended (trials.csv "ended" column).
 COMPLETED, ASHA, DECLINE, DIVERGED, ERROR = "completed", "stopped by ASHA", "stopped for decline", "diverged", "error"
@@ -93,7 +93,7 @@ def early_peak(curve: list[tuple[int, float]]) -> bool:
 
     True when the trial ran at least EARLY_PEAK_MIN_EPOCHS epochs, its peak (the first epoch reaching its
     highest finite value, as the ablation reads a run) lies in the first quarter of the epochs it ran, and
-    its last value is more than the ablation's MIN_DROP below that peak: tuning/ablation_stats.py's decline
+    its last value is more than the ablation's MIN_DROP below that peak: tuning/ablation/stats.py's decline
     rule on one curve (the part that compares the drop with the seed-to-seed spread needs several seeds).
     The quarter is of the epochs it ran, not of the planned maximum: a trial stopped at epoch 4 of 12 with
     its best at epoch 3 peaked late in what it showed, and one epoch of falling after it is noise. A curve

@@ -20,22 +20,15 @@ from ray import tune
 
 from hyperiqa.config import ConfigError, TrainConfig
 from hyperiqa.utils import UserError
-from tuning.space import SearchSpace
 
 # Reported every epoch (the solver's keys); None (undefined, diverged) goes to Ray as NaN, which the
-# scheduler and searcher of tuning/schedulers.py rank below every finite value.
+# scheduler and searcher (tuning/sweep/asha.py, optuna_search.py) rank below every finite value.
 NUMERIC_KEYS = ("epoch", "val_srcc", "val_plcc", "val_plcc_logistic", "val_krcc", "val_rmse", "test_srcc",
                 "test_plcc", "test_plcc_logistic", "test_krcc", "test_rmse", "train_loss", "train_srcc",
                 "train_image_srcc", "train_image_plcc",
                 "lr_backbone", "lr_head", "patches_per_s", "time_s", "best_epoch")
 FAILED = "failed"  # the status of a trial that could not start (data, cache or configuration on its node)
 LOG_NAME = "train.log"
-
-
-def train_trial(config: dict[str, Any], *, base: dict, space: SearchSpace, metric: str) -> None:
-    """A search trial: the base configuration with the space's fixed and sampled values."""
-    run_trial(lambda: space.config_for(TrainConfig.from_dict(base), config, source="sampled configuration"),
-              f"sampled {config}", metric)
 
 
 def fixed_trial(config: dict[str, Any], *, runs: dict[str, dict], metric: str) -> None:

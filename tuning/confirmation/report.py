@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from tuning.report import finite
+from tuning.sweep.trials_report import finite
 
 PROTOCOLS = {"honest": "val_srcc", "paper": "test_srcc"}  # protocol -> the metric that picks the epoch
 REPORTED = ("test_srcc", "test_plcc", "test_plcc_logistic")

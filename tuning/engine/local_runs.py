@@ -26,10 +26,10 @@ from pathlib import Path
 from hyperiqa.checkpoint import CONFIG, TRAINER_STATE
 from hyperiqa.config import TrainConfig
 from hyperiqa.utils import UserError
-from tuning.options import is_uri
-from tuning.runner import RunSet, save_runset
+from tuning.engine.options import is_uri
+from tuning.engine.runner import RunSet, save_runset
 
-ROOT = Path(__file__).resolve().parent.parent  # the children import this checkout's hyperiqa
+ROOT = Path(__file__).resolve().parents[2]  # the children import this checkout's hyperiqa
 LOG, METRICS = "train.log", "metrics.jsonl"
 FINISHED = ("completed", "early_stopped", "diverged")  # the solver's statuses after which a run is done
 POLL_S = 0.5
