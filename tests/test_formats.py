@@ -17,8 +17,8 @@ from torch import nn
 
 from hyperiqa.convert import main as convert_main
 from hyperiqa.convert import write_format
+from hyperiqa.inference import score
 from hyperiqa.models import HyperIQA, build_model
-from hyperiqa.predict import score
 from hyperiqa.utils import UserError
 from tests import original_hyperiqa, pyiqa_hypernet
 

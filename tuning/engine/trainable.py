@@ -18,7 +18,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from hyperiqa.config import ConfigError, TrainConfig
+from hyperiqa.config import TrainConfig
 from hyperiqa.utils import UserError
 
 # Reported every epoch (the solver's keys); None (undefined, diverged) goes to Ray as NaN, which the
@@ -40,7 +40,7 @@ def fixed_trial(config: dict[str, Any], *, runs: dict[str, dict], metric: str) -
 def run_trial(make_config: Callable[[], TrainConfig], what: str, metric: str) -> None:
     """Build the configuration, resume from Ray's checkpoint if any, run and report the epochs."""
     from hyperiqa.solver import Solver  # heavy (torch, timm): imported in the worker only
-    from hyperiqa.train import epoch_line
+    from hyperiqa.text import epoch_line
 
     # Ray runs each trial in its own working directory on its node and, with sync_artifacts on (see
     # launch.run_config), uploads that folder to the trial's storage with every checkpoint.
@@ -50,7 +50,7 @@ def run_trial(make_config: Callable[[], TrainConfig], what: str, metric: str) ->
     try:
         cfg = make_config()
         solver = Solver(cfg, log=log)
-    except (UserError, ConfigError) as exc:
+    except UserError as exc:  # ConfigError included
         # Missing data or cache on this node, or a configuration the backbone refuses: a retry on the
         # same node would fail the same way (retries are for crashes), so end the trial with its reason.
         message = f"node {node}: {exc}"
