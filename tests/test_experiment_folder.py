@@ -138,7 +138,7 @@ def search_flags(tiny_dataset, tiny_cache_dir, tmp_path) -> list[str]:
     sets = [f"dataset_options={options_}", "backbone=resnet10t", "pretrained=false", "patch_size=32",
             f"cache_dir={tiny_cache_dir}", "cache_workers=1"]
     if not (tmp_path / "ray" / "plan" / "hyperiqa_search.json").exists():  # what --resume loads
-        from tuning.sweep.export_folder import save_plan
+        from tuning.sweep.plan import save_plan
 
         save_plan(plan_for(tiny_dataset, tiny_cache_dir, tmp_path / "ray"))
     return ["--dataset", "csv", "--data-root", str(tiny_dataset), *[a for s in sets for a in ("--set", s)],

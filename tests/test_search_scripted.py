@@ -29,8 +29,9 @@ from tuning.engine import ray_private
 from tuning.sweep import experiment as search
 from tuning.sweep import trials_report as report
 from tuning.sweep import tuner as tuner_module
-from tuning.sweep.export_folder import ExportResult, load_plan
+from tuning.sweep.export_folder import ExportResult
 from tuning.sweep.optuna_search import BestValueOptunaSearch
+from tuning.sweep.plan import load_plan
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -1,25 +1,14 @@
-"""`python tuning/ablate.py` (also `python -m tuning.ablate`, `hyperiqa-ablate`): the ablation of the original solver's defects.
+"""`python tuning/ablate.py`, `python -m tuning.ablate` and `hyperiqa-ablate`: the ablation of the original solver's defects.
 
-The flags and the work behind them: tuning/ablation/experiment.py.
+The flags and what they run are in tuning/ablation/experiment.py.
 """
-
-from __future__ import annotations
 
 import sys
 
-if __package__ in (None, ""):  # `python tuning/ablate.py`: Python put tuning/ first on sys.path, where its
-    del sys.path[0]            # packages would shadow real ones; `tuning` comes from the install
+if __package__ in (None, ""):  # run as a script, Python put tuning/ first on sys.path: its packages
+    del sys.path[0]            # must not shadow real ones, and `tuning` comes from the install
 
-from hyperiqa.utils import run_cli
-from tuning.ablation.experiment import build_parser, main
-
-__all__ = ["build_parser", "cli", "main"]
-
-
-def cli() -> None:
-    """The console script `hyperiqa-ablate`."""
-    run_cli(main)
-
+from tuning.ablation.experiment import build_parser, cli, main  # noqa: F401  (the command's parts)
 
 if __name__ == "__main__":
     cli()

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from hyperiqa.config import LEGACY_DEFECTS, TrainConfig
-from hyperiqa.utils import UserError
+from hyperiqa.utils import UserError, run_cli
 from tuning.ablation.stats import ALL, FIXED
 from tuning.engine import experiment_folder, options
 
@@ -176,11 +176,16 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
     if args.time_limit is not None and args.time_limit <= 0:
         raise UserError(f"--time-limit {args.time_limit:g}: must be > 0 (seconds)")
     runset = resume_runset(args) if args.resume else new_runset(args)
-    from tuning.sweep.export_folder import check_export_dir
+    from tuning.engine.result_folder import check_export_dir
 
     check_export_dir(result_dir(runset, args.out), runset.experiment_path)  # refused now, not after the runs
     with experiment_folder.claim(runset.experiment_path, new=not args.resume):
         return _run(args, runset, trial_fn)
+
+
+def cli() -> None:
+    """The command line (`hyperiqa-ablate`): a user mistake is one line on stderr and exit code 2."""
+    run_cli(main)
 
 
 def _run(args, runset, trial_fn) -> int:
@@ -214,8 +219,7 @@ def preset(args) -> Preset:
 
 def ablation_base(args, names: list[str] = ()) -> TrainConfig:
     """Paper defaults (or the dataset's preset and regime sized above), then --set; full budget."""
-    plain = argparse.Namespace(dataset=args.dataset, data_root=args.data_root, set=[])
-    base = options.base_config(plain)
+    base = options.dataset_config(args.dataset, args.data_root)
     base = TrainConfig.from_dict({**base.to_dict(), **preset(args).changes}, source=f"--regime {args.regime}")
     given = {a.partition("=")[0].strip() for a in args.set}
     for key, why in (("legacy", "each variant sets its own"), ("patience", "every run trains all its epochs")):
@@ -302,24 +306,12 @@ def resume_runset(args):
     from tuning.engine import runner
 
     storage = options.writable_storage(args.storage_path)
-    name = args.name or _newest(storage)
+    name = args.name or experiment_folder.newest(storage, runner.RUNS_FILE, what="ablation", kind="ablate")
     runset = runner.load_runset(f"{storage.rstrip('/')}/{name}")
     experiment_folder.check_resumable(runset.experiment_path, "`python tuning/ablate.py --summarize "
                                       f"{runset.experiment_path}` summarises what its runs saved")
     print(f"resuming {runset.experiment_path} with its saved settings (other flags are ignored)")
     return dataclasses.replace(runset, out_dir=options.absolute(args.out)) if args.out else runset
-
-
-def _newest(storage: str) -> str:
-    from tuning.engine.runner import RUNS_FILE
-
-    if options.is_uri(storage):
-        raise UserError("--resume with a remote --storage-path needs --name")
-    found = sorted(Path(storage).glob(f"*/{RUNS_FILE}"), key=lambda p: p.stat().st_mtime)
-    found = [p for p in found if '"kind": "ablate"' in p.read_text()]
-    if not found:
-        raise UserError(f"--resume: no ablation under {storage}; give --storage-path and --name")
-    return found[-1].parent.name
 
 
 def finish(runset, curves: dict, out: str | None) -> int:

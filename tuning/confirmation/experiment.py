@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hyperiqa.config import PRESETS, TrainConfig, parse_assignments
-from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text
+from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text, run_cli
 from tuning.confirmation import report as cr
 from tuning.engine import experiment_folder
 from tuning.engine.options import (
@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
 
         launch.start_ray(args.address, args.dashboard_host, args.dashboard_port)
         return 130 if run_and_report(runset, resume=args.resume) else 0  # Ctrl-C: reported, and still a stop
+
+
+def cli() -> None:
+    """The command line (`hyperiqa-confirm`): a user mistake is one line on stderr and exit code 2."""
+    run_cli(main)
 
 
 # --- inputs and runs --------------------------------------------------------------------------
@@ -212,7 +217,7 @@ def resume_runset(args):
     from tuning.engine import runner
 
     storage = writable_storage(args.storage_path)
-    name = args.name or _newest(storage)
+    name = args.name or experiment_folder.newest(storage, runner.RUNS_FILE, what="confirmation", kind="confirm")
     runset = runner.load_runset(f"{storage.rstrip('/')}/{name}")
     if runset.kind != "confirm":
         raise UserError(f"{runset.experiment_path}: written by tuning/{runset.kind}.py, not confirm.py")
@@ -224,16 +229,6 @@ def resume_runset(args):
 
         runset = dataclasses.replace(runset, out_dir=absolute(args.out))
     return runset
-
-
-def _newest(storage: str) -> str:
-    from tuning.engine.runner import RUNS_FILE
-
-    found = sorted(Path(storage).glob(f"*/{RUNS_FILE}"), key=lambda p: p.stat().st_mtime) if "://" not in storage else []
-    found = [f for f in found if json.loads(f.read_text()).get("kind") == "confirm"]
-    if not found:
-        raise UserError(f"--resume: no confirmation under {storage}; give --storage-path and --name")
-    return found[-1].parent.name
 
 
 # --- run and report ---------------------------------------------------------------------------

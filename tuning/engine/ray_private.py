@@ -26,9 +26,9 @@ from ray.air.integrations.wandb import _WandbLoggingActor as WandbLoggingActor
 
 CHECKED_WITH = ("2.60.0",)
 
-__all__ = ["CHECKED_WITH", "WandbLoggingActor", "asha_metric_op", "asha_record", "asha_rungs", "fit_stopped_by_sigint",
+__all__ = ["CHECKED_WITH", "WandbLoggingActor", "after_study_setup", "asha_metric_op", "asha_record", "asha_rungs", "fit_stopped_by_sigint",
            "mlflow_trial_runs", "optuna_completed", "optuna_storage", "optuna_study", "optuna_trials",
-           "restored_tune_config", "set_wandb_actor", "setup_optuna_study", "single_node_mode", "wandb_module"]
+           "restored_tune_config", "set_wandb_actor", "single_node_mode", "wandb_module"]
 
 
 def restored_tune_config(tuner: tune.Tuner) -> tune.TuneConfig:
@@ -101,11 +101,16 @@ def asha_rungs(scheduler) -> list[tuple[float, dict]]:
 
 # OptunaSearch (ray/tune/search/optuna/optuna_search.py)
 
-def setup_optuna_study(searcher, mode) -> None:
-    """Ray's OptunaSearch._setup_study: create or load the study (a subclass's hook calls it)."""
-    from ray.tune.search.optuna import OptunaSearch
+def after_study_setup(searcher_cls, hook) -> None:
+    """Make OptunaSearch subclass `searcher_cls` call hook(searcher) each time Ray has created or loaded its
+    study (OptunaSearch._setup_study, from __init__ or set_search_properties)."""
+    ray_setup = searcher_cls._setup_study
 
-    OptunaSearch._setup_study(searcher, mode)
+    def _setup_study(self, mode) -> None:
+        ray_setup(self, mode)
+        hook(self)
+
+    searcher_cls._setup_study = _setup_study
 
 
 def optuna_study(searcher):

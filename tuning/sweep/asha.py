@@ -17,8 +17,8 @@ from types import SimpleNamespace
 from ray.tune.schedulers import ASHAScheduler
 
 from tuning.engine import ray_private
+from tuning.run_stats import finite
 from tuning.sweep.plan import Plan
-from tuning.sweep.trials_report import finite
 
 METRIC_FLOOR = -1.0  # every selection metric is a correlation in [-1, 1]; undefined ranks below all
 

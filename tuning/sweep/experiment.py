@@ -14,10 +14,9 @@ import os
 import shlex
 import sys
 import time
-from pathlib import Path
 
 from hyperiqa.config import SELECTION_METRICS
-from hyperiqa.utils import UserError
+from hyperiqa.utils import run_cli
 from tuning.confirmation import experiment as confirm
 from tuning.engine import experiment_folder, tracking
 from tuning.engine.options import (
@@ -25,7 +24,6 @@ from tuning.engine.options import (
     add_cluster_flags,
     add_data_flags,
     add_resource_flags,
-    is_uri,
     resume_command,
     writable_storage,
 )
@@ -75,18 +73,24 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
     args = build_parser().parse_args(argv)
     confirm.check_search_flags(args)
     plan = resume_plan(args) if args.resume else new_plan(args)
-    from tuning.sweep.export_folder import check_export_dir
+    from tuning.engine.result_folder import check_export_dir
 
     check_export_dir(plan.export_dir, plan.experiment_path)  # refused now, not after the search has run
     with experiment_folder.claim(plan.experiment_path, new=not args.resume):
         return _search(args, plan, trial_fn)
 
 
+def cli() -> None:
+    """The command line (`hyperiqa-search`): a user mistake is one line on stderr and exit code 2."""
+    run_cli(main)
+
+
 def _search(args, plan, trial_fn) -> int:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     from tuning.engine import launch
     from tuning.sweep import tuner as tuner_module
-    from tuning.sweep.export_folder import export_experiment, save_plan
+    from tuning.sweep.export_folder import export_experiment
+    from tuning.sweep.plan import save_plan
 
     tracking.prepare(plan, resume=args.resume)  # packages and stores checked before Ray starts
     launch.start_ray(args.address, args.dashboard_host, args.dashboard_port)
@@ -126,10 +130,10 @@ def new_plan(args):
 
 
 def resume_plan(args):
-    from tuning.sweep.export_folder import load_plan
+    from tuning.sweep.plan import load_plan
 
     storage = writable_storage(args.storage_path)
-    name = args.name or _newest_experiment(storage)
+    name = args.name or experiment_folder.newest(storage, SEARCH_FILE, what="experiment")
     plan = load_plan(f"{storage.rstrip('/')}/{name}")
     experiment_folder.check_resumable(plan.experiment_path, "`python tuning/export.py "
                                       f"{plan.experiment_path}` exports what its trials saved")
@@ -139,15 +143,6 @@ def resume_plan(args):
 
         plan = dataclasses.replace(plan, export_dir=absolute(args.export_dir))
     return plan
-
-
-def _newest_experiment(storage: str) -> str:
-    if is_uri(storage):
-        raise UserError("--resume with a remote --storage-path needs --name")
-    found = sorted(Path(storage).glob(f"*/{SEARCH_FILE}"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise UserError(f"--resume: no experiment under {storage}; give --storage-path and --name")
-    return found[-1].parent.name
 
 
 def _print_summary(plan, result, minutes: float, interrupted: bool = False) -> None:

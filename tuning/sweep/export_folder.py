@@ -32,18 +32,19 @@ import csv
 import io
 import json
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hyperiqa.checkpoint import CONFIG
 from hyperiqa.convert import FILES as FORMAT_FILES
-from hyperiqa.utils import UserError, atomic_dir, atomic_write_json, atomic_write_text
+from hyperiqa.text import fmt
+from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text
 from tuning.engine import experiment_folder, tracking
-from tuning.engine.options import is_uri, read_experiment_file, write_experiment_file
+from tuning.engine.result_folder import staging
+from tuning.run_stats import finite
 from tuning.sweep import crosseval
 from tuning.sweep import trials_report as report
-from tuning.sweep.plan import SEARCH_FILE, Plan
+from tuning.sweep.plan import Plan, load_plan
 
 
 @dataclass
@@ -53,15 +54,6 @@ class ExportResult:
     best: report.TrialRow | None
     table: list[dict]
     cross: list[dict] = field(default_factory=list)  # crosseval.evaluate entries, one per --cross dataset
-
-
-def load_plan(experiment_path: str) -> Plan:
-    text = read_experiment_file(experiment_path, SEARCH_FILE, written_by="tuning/search.py")
-    return Plan.from_json(text, source=f"{experiment_path}/{SEARCH_FILE}")
-
-
-def save_plan(plan: Plan) -> None:
-    write_experiment_file(plan.experiment_path, SEARCH_FILE, plan.to_json())
 
 
 def export_experiment(experiment_path: str, out_dir: str | None = None, *, cross: list[list[str]] | None = None,
@@ -77,7 +69,7 @@ def export_experiment(experiment_path: str, out_dir: str | None = None, *, cross
     best = results[best_row.trial_id] if best_row else None
     entries = report.table(rows, plan.metric, [p.name for p in space.params],
                            first=best_row.trial_id if best_row else None)
-    with _staging(target, experiment_path) as tmp:
+    with staging(target, experiment_path) as tmp:
         _write_trials_csv(tmp / "trials.csv", entries)
         report.plot_curves(rows, plan.metric, best_row.trial_id if best_row else None, tmp / "curves.png")
         atomic_write_json(tmp / "importance.json", report.importance(rows, space.distributions(), first_rung=plan.grace_period))
@@ -150,7 +142,7 @@ def best_trial(rows: list[report.TrialRow]) -> report.TrialRow | None:
 def _export_best(best, best_row: report.TrialRow, plan: Plan, space, tmp: Path) -> dict:
     """Copy the best epoch's checkpoint of the best trial (Ray keeps each trial's checkpoints ranked by the
     metric) and write best_config.yaml; returns what metrics.json holds."""
-    kept = [(c, m) for c, m in best.best_checkpoints or [] if report.finite(m.get(plan.metric))]
+    kept = [(c, m) for c, m in best.best_checkpoints or [] if finite(m.get(plan.metric))]
     if not kept:
         raise UserError(f"the best trial ({best.path}) kept no checkpoint with a finite {plan.metric}")
     # Result.get_best_checkpoint(metric, "max") with one tie rule added: equal scores go to the later
@@ -226,54 +218,6 @@ def _metrics_table(metrics: dict) -> list[str]:
     lines = [f"## Best checkpoint (trial {metrics['trial']}, epoch {metrics.get('epoch')})", "",
              "| split | " + " | ".join(crosseval.METRICS) + " |", "|---" * (len(crosseval.METRICS) + 1) + "|"]
     for split in splits:
-        cells = [_cell(metrics.get(f"{split}_{k}")) for k in crosseval.METRICS]
+        cells = [fmt(metrics.get(f"{split}_{k}"), finite_only=True) for k in crosseval.METRICS]
         lines.append(f"| {split} | " + " | ".join(cells) + " |")
     return lines + [""]
-
-
-def _cell(value) -> str:
-    return f"{value:.4f}" if report.finite(value) else "-"
-
-
-EXPORT_MARKER = ".hyperiqa-export"  # written into every folder _staging builds: the folders it may replace
-MARKER_TEXT = ("Written by hyperiqa-tune (tuning/export.py, search.py, ablate.py). The next export to this folder "
-               "replaces it whole; a folder without this file is never replaced.\n")
-
-
-def check_export_dir(target, experiment: str | None = None) -> Path:
-    """The folder an export may replace, resolved: absent, empty, or one it wrote itself (EXPORT_MARKER).
-
-    Anything else is refused in one line, as is the experiment's folder, a folder holding it or inside it
-    (Ray owns it), and the current folder or one holding it: the swap renames the whole folder away.
-    """
-    target = Path(target).expanduser().resolve()
-    if experiment and not is_uri(experiment):
-        exp = Path(experiment).expanduser().resolve()
-        if target == exp or target in exp.parents or exp in target.parents:
-            raise UserError(f"export folder {target}: it is, holds or is inside the experiment {exp}, which an "
-                            "export never replaces; choose another --out/--export-dir")
-    cwd = Path.cwd().resolve()
-    if target == cwd or target in cwd.parents:
-        raise UserError(f"export folder {target}: it is or holds the current folder, and an export replaces its "
-                        "whole folder; choose another --out/--export-dir")
-    if target.exists() and not target.is_dir():
-        raise UserError(f"export folder {target}: a file, not a folder; choose another --out/--export-dir")
-    if target.is_dir() and not (target / EXPORT_MARKER).is_file():
-        entry = next(target.iterdir(), None)
-        if entry is not None:
-            raise UserError(f"export folder {target}: holds files no export wrote (e.g. {entry.name}) and an export "
-                            "replaces its whole folder; choose another --out/--export-dir, or empty it")
-    return target
-
-
-@contextmanager
-def _staging(target, experiment: str | None = None):
-    """Build the folder under a temporary name beside `target`, then swap it in (hyperiqa.utils.atomic_dir:
-    the files get the umask's modes, a reader never sees half a folder). Only a folder that check_export_dir
-    accepts is replaced: checked on entry and again before the swap, which may come long after
-    (cross-dataset scoring), so files put there meanwhile survive too."""
-    target = check_export_dir(target, experiment)
-    with atomic_dir(target) as tmp:
-        (tmp / EXPORT_MARKER).write_text(MARKER_TEXT)
-        yield tmp
-        check_export_dir(target, experiment)

@@ -21,8 +21,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tuning.engine import ray_private
 from tuning.engine.trainable import FAILED
+from tuning.run_stats import finite
 from tuning.sweep.plan import Plan
-from tuning.sweep.trials_report import finite
 
 
 def make_searcher(plan: Plan) -> BestValueOptunaSearch:
@@ -53,12 +53,12 @@ class BestValueOptunaSearch(OptunaSearch):
         self._steps: dict[str, set[int]] = {}
         self._diverged: set[str] = set()
 
-    def _setup_study(self, mode) -> None:
+    def study_created(self) -> None:
+        """Called once Ray's OptunaSearch has created or loaded the study (ray_private.after_study_setup)."""
         import warnings
 
         import optuna
 
-        ray_private.setup_optuna_study(self, mode)
         with warnings.catch_warnings():  # experimental since optuna 3.2, still so in 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             ray_private.optuna_study(self).set_metric_names([self.metric])  # optuna-dashboard labels the objective with it
@@ -119,3 +119,7 @@ class BestValueOptunaSearch(OptunaSearch):
         self._diverged.discard(trial_id)
         ray_private.optuna_study(self).tell(ray_private.optuna_trials(self)[trial_id], value, state=state)
         ray_private.optuna_completed(self).add(trial_id)
+
+
+# the study gets its metric name as soon as Ray has created it
+ray_private.after_study_setup(BestValueOptunaSearch, BestValueOptunaSearch.study_created)

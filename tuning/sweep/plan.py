@@ -26,8 +26,10 @@ from tuning.engine.options import (
     check_name,
     finite,
     for_ray,
+    read_experiment_file,
     resources,
     writable_storage,
+    write_experiment_file,
 )
 from tuning.sweep import crosseval
 from tuning.sweep.space import SearchSpace, load_space, parse_space
@@ -183,3 +185,12 @@ def describe_defaults() -> dict[str, str]:
             "max_epochs": f"{each('max_epochs')}, else the base configuration's epochs (16 unless --set)",
             "grace_period": f"{each('grace_period')}, else max(1, max_epochs // 8)",
             "patience": "the base configuration's patience if set (--set patience=N), else max(3, max_epochs // 4)"}
+
+
+def load_plan(experiment_path: str) -> Plan:
+    text = read_experiment_file(experiment_path, SEARCH_FILE, written_by="tuning/search.py")
+    return Plan.from_json(text, source=f"{experiment_path}/{SEARCH_FILE}")
+
+
+def save_plan(plan: Plan) -> None:
+    write_experiment_file(plan.experiment_path, SEARCH_FILE, plan.to_json())
