@@ -5,6 +5,7 @@ attributes are reached from tuning/engine/ray_private.py only."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +121,8 @@ def test_ray_private_attributes_are_reached_in_one_module_only():
     """Ray's private names (a `._x` on a Ray object, `ray._private`) appear in tuning/engine/ray_private.py only."""
     markers = ("ray._private", "_local_tuner", "_tune_config", "_brackets", "_rungs", "_ot_trials", "_ot_study",
                "_completed_trials", "_trial_runs", "_logger_actor_cls", "_WandbLoggingActor", "_metric_op",
-               "_setup_study", "ENABLE_RAY_CLUSTER")
-    found = {(str(path.relative_to(ROOT)), marker) for path in (ROOT / "tuning").rglob("*.py")
-             if path.name != "ray_private.py" for marker in markers if marker in path.read_text()}
+               "_setup_study", "ENABLE_RAY_CLUSTER")  # a name, not part of a longer one
+    pattern = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(re.escape(m) for m in markers) + r")(?![A-Za-z0-9_])")
+    found = {(str(path.relative_to(ROOT)), match) for path in (ROOT / "tuning").rglob("*.py")
+             if path.name != "ray_private.py" for match in pattern.findall(path.read_text())}
     assert found == set()
