@@ -226,7 +226,7 @@ def photos_config(**overrides) -> TrainConfig:
     offline) fine-tuned on the packaged real photos with the paper's optimisation shape: Adam, backbone
     LR 2e-5, head x10, weight decay 5e-4, nothing frozen, two /10 steps (here after epochs 2 and 4 of
     6; the paper: 6 and 12 of 16). Sized for 2 CPU cores: one 64 px patch per training image and
-    epoch (~90 Adam steps of batch 16, ~32 s on one core), 2 fixed crops per evaluation image; 4 of
+    epoch (~90 Adam steps of batch 16; its time: docs/demos.md), 2 fixed crops per evaluation image; 4 of
     the 22 photos for validation and 4 for test. Labels are standardised: L1 on raw 0-100 labels would
     spend these few steps moving the output to the labels' mean."""
     base = dict(dataset="photos", backbone="tf_efficientnet_lite0", pretrained=True, frozen_stages=0,
@@ -304,5 +304,5 @@ def _close_match(key: str, fields: dict) -> str:
 
 
 def field_docs() -> dict[str, str]:
-    """Field name -> one-line description, for --help texts and the README."""
+    """Field name -> one-line description, for --help texts and docs/configuration.md."""
     return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(TrainConfig)}

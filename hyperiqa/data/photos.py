@@ -98,7 +98,7 @@ def generate(root: Path, photos: tuple[str, ...] | None = None, max_crops: int |
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small images: extra threads only contend (measured 9x slower on 2 busy cores)
+    torch.set_num_threads(1)  # small images: extra threads only contend (docs/datasets.md, the photos dataset)
     try:
         _generate(root, photos, max_crops)
     finally:

@@ -71,9 +71,9 @@ DEFECT_VARIANTS = [name for name, v in VARIANTS.items() if not v.changes]
 # - batch 16 (39 Adam steps per epoch): the switches act at epoch boundaries, so epoch 1 must train
 #   enough to matter, as it does on KonIQ (about 2,000 steps). At batch 32 the model had learned nothing
 #   measurable after epoch 1 (val SRCC about 0).
-# - 6 epochs, not 8: 8 epochs of these runs (about 36 s of one core each, estimated) would leave too little
-#   margin under 10 minutes beside Ray's own processes; 6 points per curve still show a peak and a fall.
-#   Measured at this size: 8.4 minutes on a quiet 2-core VM (README, "Why the first epoch was best").
+# - 6 epochs, not 8: 8 epochs of these runs would leave too little margin under 10 minutes beside Ray's
+#   own processes; 6 points per curve still show a peak and a fall. The time measured at this size, and
+#   when: docs/ablation.md.
 # - one 32 px patch per training image and epoch, 2 fixed 32 px crops per evaluation image: the cheapest
 #   that still learns. HyperIQA generates the target network's weights per sample, which costs the same
 #   at any patch size, so the number of patches, not their size, sets the time.
@@ -82,7 +82,7 @@ DEMO_ABLATION = dict(epochs=6, schedule="step", step_size=2, step_factor=0.1, lr
                      batch_size=16, patch_size=32, train_patches=1, test_patches=2)
 # The photos ablation (--dataset photos): photos_config() as it is (the paper's optimisation shape on a
 # pretrained EfficientNet-Lite0, 6 epochs, /10 after epochs 2 and 4). It must end within 20 minutes on 2
-# cores: a run costs about 6 x 32 s of one core, two run at once, so 9 runs (5 rounds) fit and 24 do not.
+# cores: at a run's cost on one core (docs/ablation.md), two at once, 9 runs (5 rounds) fit and 24 do not.
 # Hence 3 variants x 3 seeds: the fixed solver, every switch together, and the switch that stops the
 # hyper network after epoch 1 (the original's most drastic defect). --variants runs any others.
 PHOTOS_VARIANTS = [FIXED, "head_frozen_after_epoch1", ALL]

@@ -35,20 +35,20 @@ from tuning.sweep import crosseval
 from tuning.sweep.space import SearchSpace, load_space, parse_space
 
 SEARCH_FILE = "hyperiqa_search.json"
-# The demo space halves an epoch (3 patches per image, ~10 s of work on one core) so that ASHA's rungs
+# The demo space halves an epoch (3 patches per image; its cost: docs/demos.md) so that ASHA's rungs
 # and the selected epoch fall on a finer grid. With a cosine schedule, 12 of them take timm's tiny
 # test_resnet from random init to val SRCC ~0.87 (8: ~0.84), see search_spaces/demo.yaml.
 DEMO_MAX_EPOCHS = 12
 # The demo's first epochs from random init rank trials by how fast they start, not by where they end.
-# bench/search_quality.py (8 trials of random search run to the end, seeds 0 and 1; README, "Is the
-# search worth it?"): Spearman between a trial's val SRCC and its best was 0.26 and 0.79 after epoch 1,
-# 0.90 and 0.88 after epoch 4; the trial that ended best was last of 8 after epoch 1 in seed 0, and
-# ASHA with a grace period of 1 stopped it there. So the demo's first rung is at epoch 4 (two of
-# demo_config()'s epochs). Other datasets (pretrained backbones; not measured here) keep max_epochs // 8.
+# bench/search_quality.py (8 trials of random search run to the end, seeds 0 and 1) found a trial's val
+# SRCC after epoch 1 a poor predictor of its best and a good one after epoch 4, and ASHA with a grace
+# period of 1 stopping the trial that ended best (the figures, and when they were measured:
+# docs/search-quality.md). So the demo's first rung is at epoch 4 (two of demo_config()'s epochs).
+# Other datasets (pretrained backbones; not measured here) keep max_epochs // 8.
 DEMO_GRACE_PERIOD = 4
-# The photos miniature (photos_config(): pretrained EfficientNet-Lite0, paper optimisation): an epoch is
-# ~32 s of one core (17-28 s with frozen stages), so 8 trials of up to 8 epochs, two at a time, under
-# ASHA with rungs at 2, 4 and 8 fit 20 minutes on 2 cores; measured 10.9 minutes (README, "The demo").
+# The photos miniature (photos_config(): pretrained EfficientNet-Lite0, paper optimisation): sized from
+# its epoch's cost on one core so that 8 trials of up to 8 epochs, two at a time, under ASHA with rungs
+# at 2, 4 and 8 fit 20 minutes on 2 cores (the epoch's cost and the search's measured time: docs/demos.md).
 PHOTOS_MAX_EPOCHS, PHOTOS_GRACE_PERIOD = 8, 2
 
 
