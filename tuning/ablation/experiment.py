@@ -34,6 +34,15 @@ from hyperiqa.config import LEGACY_DEFECTS, TrainConfig
 from hyperiqa.utils import UserError, run_cli
 from tuning.ablation.stats import ALL, FIXED
 from tuning.engine import experiment_folder, options
+from tuning.presets import (
+    DEFECT_VARIANTS,
+    PAPER_REGIME,
+    PAPER_REGIME_TRAIN_PATCHES,  # noqa: F401  (read as ablate.PAPER_REGIME_TRAIN_PATCHES)
+    PAPER_VARIANTS,
+    PHOTOS_VARIANTS,
+    PRESET_ABLATIONS,
+    PresetAblation,
+)
 
 
 @dataclass(frozen=True)
@@ -59,63 +68,10 @@ VARIANTS: dict[str, Variant] = {
                           about="a plain regression head (global pooling + MLP) in place of the hyper network"),
     "plcc_loss": Variant(changes={"loss": "plcc"}, about="the loss 1 - PLCC over the batch in place of L1"),
 }
-# The original's defects: what the demo and other datasets run by default (the controls are asked for)
-DEFECT_VARIANTS = [name for name, v in VARIANTS.items() if not v.changes]
-# The demo ablation (no arguments): demo_config() with these changes. 8 variants x 3 seeds = 24 runs, two
-# at a time, must end within 10 minutes on 2 cores, Ray's start-up included. Why this size:
-# - the paper's optimisation shape: Adam, head LR x10, weight decay 5e-4, and two /10 steps, here after 2
-#   and 4 of 6 epochs (the paper: after 6 and 12 of 16), so that backbone_lr_constant, lr_one_epoch_late,
-#   optimizer_reset and head_frozen_after_epoch1 act where they act in a real run: between epochs, before
-#   and after each step. lr_ratio_reset acts from epoch 11 only, and 24 runs of 11 epochs do not fit:
-#   the summary reports it as having no effect, read from the LRs the runs reported.
-# - batch 16 (39 Adam steps per epoch): the switches act at epoch boundaries, so epoch 1 must train
-#   enough to matter, as it does on KonIQ (about 2,000 steps). At batch 32 the model had learned nothing
-#   measurable after epoch 1 (val SRCC about 0).
-# - 6 epochs, not 8: 8 epochs of these runs would leave too little margin under 10 minutes beside Ray's
-#   own processes; 6 points per curve still show a peak and a fall. The time measured at this size, and
-#   when: docs/ablation.md.
-# - one 32 px patch per training image and epoch, 2 fixed 32 px crops per evaluation image: the cheapest
-#   that still learns. HyperIQA generates the target network's weights per sample, which costs the same
-#   at any patch size, so the number of patches, not their size, sets the time.
-# - the demo's backbone LR (1e-3) is kept: this backbone starts from random weights and needs it.
-DEMO_ABLATION = dict(epochs=6, schedule="step", step_size=2, step_factor=0.1, lr_ratio=10.0, weight_decay=5e-4,
-                     batch_size=16, patch_size=32, train_patches=1, test_patches=2)
-# The photos ablation (--dataset photos): photos_config() as it is (the paper's optimisation shape on a
-# pretrained EfficientNet-Lite0, 6 epochs, /10 after epochs 2 and 4). It must end within 20 minutes on 2
-# cores: at a run's cost on one core (docs/ablation.md), two at once, 9 runs (5 rounds) fit and 24 do not.
-# Hence 3 variants x 3 seeds: the fixed solver, every switch together, and the switch that stops the
-# hyper network after epoch 1 (the original's most drastic defect). --variants runs any others.
-PHOTOS_VARIANTS = [FIXED, "head_frozen_after_epoch1", ALL]
-# The paper regime (--dataset photos --regime paper): photos_config()'s optimisation as it is (the paper's:
-# Adam, backbone LR 2e-5, head x10, weight decay 5e-4, batch 16), over the first 4 epochs of the paper's
-# schedule, whose first /10 step comes after epoch 6: these 4 epochs see no step, as the paper's first 6
-# do, so a peak at epoch 1 cannot come from an LR step. train_eval_images adds image-level train SRCC
-# after every epoch: 256 images x 2 crops of evaluation (forward only) against about 1,400 x
-# PAPER_REGIME_TRAIN_PATCHES training patches (forward and backward), a few % of an epoch. Variants: the
-# defects that act between epochs from epoch 1 on, all of them together, and the control for the hyper
-# network (plain_head). plcc_loss, the other control, is left to --variants: it tests no cause of the four.
-# train_patches: chosen before any variant ran, from the fixed solver alone, by the rule and probe runs in
-# docs/paper-regime.md: the smallest value whose epoch-1 val SRCC is >= 80 % of the run's best (8), capped
-# by what the 10 runs fit in 2 hours on 2 cores (4, about 370 Adam steps per epoch; the page has the cost).
-PAPER_REGIME_TRAIN_PATCHES = 4
-PAPER_REGIME = dict(train_patches=PAPER_REGIME_TRAIN_PATCHES, epochs=4, step_size=6, train_eval_images=256)
-PAPER_VARIANTS = [FIXED, ALL, "optimizer_reset", "head_frozen_after_epoch1", "plain_head"]
+assert [name for name, v in VARIANTS.items() if not v.changes] == DEFECT_VARIANTS  # presets.py's list
 REGIMES = ("default", "paper")
 
 
-@dataclass(frozen=True)
-class Preset:
-    """An ablation's defaults for one dataset and regime."""
-
-    changes: dict  # to the dataset's preset configuration
-    variants: list
-    seeds: int = 3
-
-
-# (dataset, regime) -> its defaults; a dataset not listed: the paper's defaults, every defect, 3 seeds
-PRESET_ABLATIONS = {("demo", "default"): Preset(DEMO_ABLATION, DEFECT_VARIANTS),
-                    ("photos", "default"): Preset({}, PHOTOS_VARIANTS),
-                    ("photos", "paper"): Preset(PAPER_REGIME, PAPER_VARIANTS, seeds=2)}
 RUNNERS = ("ray", "processes")
 
 
@@ -207,14 +163,14 @@ def _run(args, runset, trial_fn) -> int:
     return 130 if interrupted else code  # Ctrl-C: the partial folder is written, the shell still sees the stop
 
 
-def preset(args) -> Preset:
+def preset(args) -> PresetAblation:
     """The ablation defaults of --dataset and --regime."""
     if (args.dataset, args.regime) in PRESET_ABLATIONS:
         return PRESET_ABLATIONS[(args.dataset, args.regime)]
     if args.regime != "default":
         known = sorted({d for d, r in PRESET_ABLATIONS if r == args.regime})
         raise UserError(f"--regime {args.regime}: defined for --dataset {', '.join(known)} only, not {args.dataset}")
-    return Preset({}, DEFECT_VARIANTS)
+    return PresetAblation({}, DEFECT_VARIANTS)
 
 
 def ablation_base(args, names: list[str] = ()) -> TrainConfig:

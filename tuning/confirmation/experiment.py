@@ -32,6 +32,7 @@ from tuning.engine.options import (
     resume_command,
     writable_storage,
 )
+from tuning.presets import DEMO_SIZE
 
 # Fields that say which images a configuration sees: inputs must agree on the first three (one dataset);
 # the baseline takes all of them from the first input.
@@ -39,13 +40,6 @@ DATASET_FIELDS = ("dataset", "data_root", "dataset_options")
 DATA_FIELDS = (*DATASET_FIELDS, "resize_short_side", "resize_to", "cache_dir")
 # Set per split by the confirmation itself: --set may not change them, or the runs would not be paired.
 SPLIT_FIELDS = ("seed", "split_seed", "split", "split_file")
-# On the demo every configuration is confirmed at this size. Budget: `confirm.py <demo export> --splits 3`
-# must end within 10 minutes on 2 cores: 2 configurations x 3 splits = 6 runs, 2 at a time on one
-# thread each, so 3 rounds after Ray's start and the dataset checks. Half a demo trial (6 epochs, still of
-# 3 patches and 2 crops) is the same for every configuration, so the comparison stays paired (the run
-# and total times measured at this size, and when: docs/confirmation.md). The search's 12 epochs would
-# not fit. --set epochs=12 confirms at the search's length.
-DEMO_SIZE = {"epochs": 6, "train_patches": 3, "test_patches": 2}
 DEFAULT_VAL_FRACTION = 0.1  # used when the inputs have no validation split (searched with --metric test_*)
 
 
