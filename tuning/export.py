@@ -5,10 +5,12 @@ What the folder holds and how it is written: tuning/sweep/export_folder.py.
 
 from __future__ import annotations
 
+import os
 import sys
 
-if __package__ in (None, ""):  # `python tuning/export.py`: Python put tuning/ first on sys.path, where its
-    del sys.path[0]            # packages would shadow real ones; `tuning` comes from the install
+if __package__ in (None, ""):  # run as a script, Python put tuning/ on sys.path, where its packages could
+    for entry in [p for p in sys.path if os.path.abspath(p) == os.path.dirname(os.path.abspath(__file__))]:
+        sys.path.remove(entry)  # shadow real ones: off it goes (`tuning` itself comes from the install)
 
 import argparse
 

@@ -3,10 +3,12 @@
 The flags and what they run are in tuning/sweep/experiment.py.
 """
 
+import os
 import sys
 
-if __package__ in (None, ""):  # run as a script, Python put tuning/ first on sys.path: its packages
-    del sys.path[0]            # must not shadow real ones, and `tuning` comes from the install
+if __package__ in (None, ""):  # run as a script, Python put tuning/ on sys.path, where its packages could
+    for entry in [p for p in sys.path if os.path.abspath(p) == os.path.dirname(os.path.abspath(__file__))]:
+        sys.path.remove(entry)  # shadow real ones: off it goes (`tuning` itself comes from the install)
 
 from tuning.sweep.experiment import build_parser, cli, main  # noqa: F401  (the command's parts)
 
