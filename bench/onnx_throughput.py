@@ -4,7 +4,7 @@
                                     [--rounds 3] [--threads 2] [--out onnx_throughput.json]
 
 Builds a random-init HyperIQA (no download), exports it with hyperiqa/onnx_export.py, then scores the
-same uint8 crops with (a) hyperiqa.predict.score (uint8 -> float, normalise, model, in torch; what
+same uint8 crops with (a) hyperiqa.inference.score (uint8 -> float, normalise, model, in torch; what
 `python -m hyperiqa.predict` runs per batch) and (b) an onnxruntime CPU session on the same batches
 (uint8 -> float / 255 in numpy, normalisation inside the graph). Rounds alternate (a), (b) so both see
 the same machine load; each path's best round is reported (crops/s), with the ratio and the largest
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hyperiqa.inference import score  # noqa: E402
 from hyperiqa.models import HyperIQA  # noqa: E402
 from hyperiqa.onnx_export import INPUT, export_onnx  # noqa: E402
-from hyperiqa.predict import score  # noqa: E402
 
 
 def run_torch(model, crops: np.ndarray, batch: int) -> np.ndarray:

@@ -153,7 +153,7 @@ def make_meter():
 
 def timed_suggestions(timings: list):
     """Wrap Optuna's suggest (the searcher the search builds) to time each call."""
-    from tuning.schedulers import BestValueOptunaSearch
+    from tuning.sweep.optuna_search import BestValueOptunaSearch
 
     original = BestValueOptunaSearch.suggest
 
@@ -171,18 +171,19 @@ def timed_suggestions(timings: list):
 def run_one(args, keep: str, root: Path) -> dict:
     import ray
 
-    from tuning import launch, search
-    from tuning.export import export_experiment
+    from tuning import search
+    from tuning.sweep import tuner
+    from tuning.sweep.export_folder import export_experiment
 
     meter, timings = make_meter(), []
-    original_config, original_suggest = launch.run_config, timed_suggestions(timings)
+    original_config, original_suggest = tuner.run_config, timed_suggestions(timings)
 
     def run_config(plan):
         config = original_config(plan)
         config.callbacks.append(meter)
         return config
 
-    launch.run_config = run_config
+    tuner.run_config = run_config
     mb = args.checkpoint_mb * 2**20
     weights = int(mb * RESNET50_WEIGHTS_MB / (RESNET50_WEIGHTS_MB + RESNET50_STATE_MB))
     fn = functools.partial(sized_trial, epochs=args.epochs, weights_bytes=weights, state_bytes=int(mb) - weights,
@@ -200,8 +201,8 @@ def run_one(args, keep: str, root: Path) -> dict:
         wall = time.monotonic() - t0
         usage1 = resource.getrusage(resource.RUSAGE_SELF)
         ray.shutdown()
-        launch.run_config = original_config
-        from tuning.schedulers import BestValueOptunaSearch
+        tuner.run_config = original_config
+        from tuning.sweep.optuna_search import BestValueOptunaSearch
 
         BestValueOptunaSearch.suggest = original_suggest
     experiment = root / "ray" / name

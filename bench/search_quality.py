@@ -46,7 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tuning.report import finite  # noqa: E402  (after the path: run as a script)
+from tuning.run_stats import finite  # noqa: E402  (after the path: run as a script)
 
 METHODS = ("asha_tpe", "asha_random", "random_full")
 WITHIN = 0.01  # "close enough to the best": about the spread of published HyperIQA retrainings on KonIQ
@@ -67,7 +67,7 @@ def asha_rungs(grace: int, factor: float, max_epochs: int) -> list[int]:
 
 
 def plan_rungs(experiment: Path) -> list[int]:
-    from tuning.export import load_plan
+    from tuning.sweep.plan import load_plan
 
     plan = load_plan(str(experiment))
     return asha_rungs(plan.grace_period, plan.reduction_factor, plan.max_epochs)
@@ -144,7 +144,7 @@ def is_start_point(config: dict, starts: list[dict]) -> bool:
 
 def summarise(method: str, seed: int, experiment: Path, export: Path, full: dict | None, wall_s: float) -> dict:
     """One row of the table; `full` is random_full's row of the same seed (None for random_full itself)."""
-    from tuning.export import load_plan
+    from tuning.sweep.plan import load_plan
 
     trials = load_trials(experiment)
     metrics = json.loads((export / "metrics.json").read_text())
@@ -252,7 +252,7 @@ def run_search(args, method: str, seed: int, out: Path, space: Path | None) -> t
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tuning.plan import DEMO_MAX_EPOCHS
+    from tuning.sweep.plan import DEMO_MAX_EPOCHS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1", help="comma-separated search seeds (default 0,1)")

@@ -39,10 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 Command = tuple[str, str | None, list[str] | None, str]
 USER_COMMANDS: list[Command] = [
     # shown                         parser                            argv                          aliases
-    ("python tuning/search.py",     "tuning.search:build_parser",     None,                         ""),
-    ("python tuning/export.py",     None,                             ["tuning/export.py"],         ""),
-    ("python tuning/confirm.py",    "tuning.confirm:build_parser",    None,                         ""),
-    ("python tuning/ablate.py",     "tuning.ablate:build_parser",     None,                         ""),
+    ("python tuning/search.py",     "tuning.search:build_parser",     None,                         "hyperiqa-search"),
+    ("python tuning/export.py",     "tuning.export:build_parser",     None,                         "hyperiqa-export"),
+    ("python tuning/confirm.py",    "tuning.confirm:build_parser",    None,                         "hyperiqa-confirm"),
+    ("python tuning/ablate.py",     "tuning.ablate:build_parser",     None,                         "hyperiqa-ablate"),
     ("python -m hyperiqa.data",     None,                             ["-m", "hyperiqa.data"],      ""),
     ("python -m hyperiqa.train",    "hyperiqa.train:build_parser",    None,                         "hyperiqa-train"),
     ("python -m hyperiqa.evaluate", "hyperiqa.evaluate:build_parser", None,                         "hyperiqa-evaluate"),
@@ -57,6 +57,7 @@ DEVELOPER_COMMANDS: list[Command] = [
     ("python bench/onnx_throughput.py", None, ["bench/onnx_throughput.py"], ""),
     ("python bench/gpu_check.py",       None, ["bench/gpu_check.py"],       ""),
     ("python bench/ablation_gpu.py",    None, ["bench/ablation_gpu.py"],    ""),
+    ("python bench/scale.py",           None, ["bench/scale.py"],           ""),
     ("python docs/screenshots.py",      None, ["docs/screenshots.py"],      ""),
 ]
 # TrainConfig for docs/configuration.md: the module, the dataclass, the field-doc function, the presets.

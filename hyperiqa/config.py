@@ -17,9 +17,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A user-facing configuration mistake; the message names the field and what is allowed."""
+from hyperiqa.errors import ConfigError as ConfigError  # importable from here, where it is raised
 
 
 def _f(default, *, choices=None, min=None, max=None, min_exclusive=False, doc=""):

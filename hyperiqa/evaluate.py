@@ -15,10 +15,10 @@ import argparse
 import json
 
 from hyperiqa.config import parse_assignments
-from hyperiqa.data.__main__ import parse_options
-from hyperiqa.data.datasets import DATASETS, DatasetError
+from hyperiqa.data.datasets import DATASETS, DatasetError, parse_options
 from hyperiqa.evaluation import score_checkpoint
-from hyperiqa.solver import EVAL_SPLITS
+from hyperiqa.inference import EVAL_SPLITS
+from hyperiqa.text import fmt
 from hyperiqa.utils import UserError, run_cli
 
 
@@ -40,10 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint was trained on does not matter")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     return p
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        values = "  ".join(f"{k} {_fmt(result[k])}" for k in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")
+        values = "  ".join(f"{k} {fmt(result[k])}" for k in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")
                            if k in result)
         print(f"{result['dataset']} {result['split']} ({result['n_images']} images): {values}")
     return 0

@@ -118,8 +118,8 @@ def _other_dataset(folder: Path, model, cfg: TrainConfig, dataset: str, data_roo
 
     from hyperiqa.data import DecodedCache, EvalCrops
     from hyperiqa.data.datasets import load_dataset
+    from hyperiqa.inference import predict_images
     from hyperiqa.runtime import apply_runtime, resolve_device
-    from hyperiqa.solver import predict_images
 
     cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides}, source="--set")
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()

@@ -11,15 +11,13 @@ import argparse
 import csv
 import io
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from hyperiqa import checkpoint as ckpt
-from hyperiqa.data.cache import decode_image
+from hyperiqa.inference import crops, load_image, score
 from hyperiqa.runtime import resolve_device
 from hyperiqa.utils import UserError, atomic_write_text, run_cli
 
@@ -55,38 +53,6 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     if not files:
         raise UserError(f"no files to score in {', '.join(inputs)}")
     return files
-
-
-def load_image(path: Path, *, patch: int, short_side: int | None, resize_to) -> np.ndarray:
-    """RGB uint8 (H, W, 3) exactly as the training cache stored it: the same decode and resize function."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return decode_image(str(path), short_side=short_side, resize_to=tuple(resize_to) if resize_to else None,
-                            min_size=patch)
-
-
-def crops(image: np.ndarray, *, patch: int, n: int, seed: int) -> np.ndarray:
-    """(n, patch, patch, 3) crops at positions fixed by `seed` and the image size."""
-    rng = np.random.default_rng(seed)
-    h, w = image.shape[:2]
-    ys = rng.integers(0, h - patch + 1, size=n)
-    xs = rng.integers(0, w - patch + 1, size=n)
-    return np.stack([image[y:y + patch, x:x + patch] for y, x in zip(ys, xs)])
-
-
-@torch.inference_mode()
-def score(model, batches, *, mean, std, device, batch_size: int) -> np.ndarray:
-    """Run crops (uint8 NHWC arrays, one per image) through the model; mean score per image."""
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    flat = np.concatenate(batches)
-    owner = np.repeat(np.arange(len(batches)), [len(b) for b in batches])
-    out = []
-    for i in range(0, len(flat), batch_size):
-        x = torch.from_numpy(flat[i:i + batch_size]).to(device).permute(0, 3, 1, 2).float().div_(255)
-        out.append(model((x - mean_t) / std_t).float().cpu())
-    patch_scores = torch.cat(out).numpy().astype(np.float64)
-    return np.bincount(owner, weights=patch_scores) / np.bincount(owner)
 
 
 def main(argv: list[str] | None = None) -> int:

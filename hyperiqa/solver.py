@@ -15,7 +15,6 @@ subset of the training images evaluated exactly as val and test are (same crops 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -27,36 +26,13 @@ import torch
 from hyperiqa import checkpoint as ckpt
 from hyperiqa import metrics as M
 from hyperiqa.config import ConfigError, TrainConfig
+from hyperiqa.inference import EVAL_SPLITS, autocast, predict_images
 from hyperiqa.losses import loss_function
 from hyperiqa.runtime import apply_runtime, resolve_device
 from hyperiqa.schedules import build_scheduler, epoch_start
 from hyperiqa.utils import UserError, seed_everything
 
-EVAL_SPLITS = ("val", "test", "train", "all")
 _TRAIN_SUBSET_STREAM = 0x7EA1_5E7  # separates the train_eval_images subset's random draw from other seeded ones
-
-
-def autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when amp is on; the CPU always runs fp32."""
-    if device.type == "cuda" and amp:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def predict_images(forward, crops, *, device: torch.device, amp: bool) -> np.ndarray:
-    """Mean score of each image of `crops` (an EvalCrops), in the order of crops.indices.
-
-    Shared by Solver.evaluate and cross-dataset evaluation (hyperiqa.evaluation), so a checkpoint
-    scores an image the same way whichever dataset the image comes from. The caller sets eval mode.
-    """
-    scores, positions = [], []
-    with torch.inference_mode(), autocast(device, amp):
-        for x, pos in crops.batches():
-            scores.append(forward(x).float())
-            positions.append(pos)
-    patch = torch.cat(scores).cpu().numpy()
-    pos = torch.cat(positions).cpu().numpy()
-    return M.image_scores(patch, pos, crops.num_images)
 
 
 class Solver:

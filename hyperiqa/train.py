@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hyperiqa import checkpoint as ckpt
 from hyperiqa.config import PRESETS, TrainConfig
+from hyperiqa.text import epoch_line, fmt
 from hyperiqa.utils import UserError, atomic_write_text, run_cli
 
 
@@ -68,20 +69,6 @@ def summary(cfg: TrainConfig) -> str:
             + (f" | legacy {', '.join(cfg.legacy)} (the original's defects)" if cfg.legacy else ""))
 
 
-def _fmt(value, spec=".4f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def epoch_line(m: dict, epochs: int) -> str:
-    image = f"(image) {_fmt(m['train_image_srcc'])}  " if "train_image_srcc" in m else ""
-    return (f"epoch {m['epoch']}/{epochs}  loss {_fmt(m['train_loss'])}  train_srcc(patch) {_fmt(m['train_srcc'])}  "
-            f"{image}"
-            f"val srcc {_fmt(m['val_srcc'])} plcc {_fmt(m['val_plcc'])}  "
-            f"test srcc {_fmt(m['test_srcc'])} plcc {_fmt(m['test_plcc'])}  "
-            f"lr {_fmt(m['lr_backbone'], '.2e')}/{_fmt(m['lr_head'], '.2e')}  "
-            f"{m['patches_per_s']:.0f} patches/s  {m['time_s']:.1f}s  [{m['status']}]")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resume and not args.out:
@@ -125,9 +112,9 @@ def report(solver, out: Path) -> int:
         print(f"no epoch produced a finite {name}; nothing saved in {out / 'best'}", flush=True)
     else:
         b = solver.best
-        print(f"best epoch {solver.best_epoch}: {name} {b[name]:.4f} | val srcc {_fmt(b['val_srcc'])} plcc "
-              f"{_fmt(b['val_plcc'])} | test srcc {_fmt(b['test_srcc'])} plcc {_fmt(b['test_plcc'])} "
-              f"krcc {_fmt(b['test_krcc'])} rmse {_fmt(b['test_rmse'])} | checkpoint {out / 'best'}", flush=True)
+        print(f"best epoch {solver.best_epoch}: {name} {b[name]:.4f} | val srcc {fmt(b['val_srcc'])} plcc "
+              f"{fmt(b['val_plcc'])} | test srcc {fmt(b['test_srcc'])} plcc {fmt(b['test_plcc'])} "
+              f"krcc {fmt(b['test_krcc'])} rmse {fmt(b['test_rmse'])} | checkpoint {out / 'best'}", flush=True)
     return 1 if last.get("status") == "diverged" else 0
 
 

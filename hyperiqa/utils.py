@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-class UserError(Exception):
-    """A mistake the user can fix (bad path, bad flag, unreadable file): printed as one line, no traceback."""
+from hyperiqa.errors import UserError as UserError  # the root of user mistakes, importable from here too
 
 
 # --- permissions -----------------------------------------------------------------------------------
@@ -170,11 +168,9 @@ def default_cache_dir() -> Path:
 
 def run_cli(main_fn) -> None:
     """Run a CLI body: user mistakes become one line on stderr and exit code 2, not a traceback."""
-    from hyperiqa.config import ConfigError
-
     try:
         code = main_fn()
-    except (UserError, ConfigError) as exc:
+    except UserError as exc:  # ConfigError, DatasetError, SpaceError... are UserErrors
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

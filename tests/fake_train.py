@@ -1,4 +1,4 @@
-"""A stand-in for `python -m hyperiqa.train` in tests of tuning/local_runs.py: the same command line and
+"""A stand-in for `python -m hyperiqa.train` in tests of tuning/engine/local_runs.py: the same command line and
 run-folder contract (config.yaml in, metrics.jsonl and last/ out, --resume continues), no torch.
 
 Each call appends its argv to <out>/calls.txt. A config with seed FAIL_SEED fails (exit 3) after printing

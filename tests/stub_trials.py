@@ -1,4 +1,4 @@
-"""Stand-ins for tuning.trainable.train_trial in the tests that need a trial to behave in a scripted way
+"""Stand-ins for tuning.sweep.tuner.train_trial in the tests that need a trial to behave in a scripted way
 (what a GPU worker sees, a trial that diverges, one that pauses until its driver is killed).
 
 Each has train_trial's signature plus keyword arguments bound with functools.partial; each reports
@@ -94,7 +94,7 @@ def scripted(config, *, base, space, metric, curves: dict, pause_dir: str | None
 
 def failing(config, *, base, space, metric) -> None:
     """End at once as tuning/trainable.run_trial ends a trial whose data or configuration its node refused."""
-    from tuning.trainable import FAILED
+    from tuning.engine.trainable import FAILED
 
     tune.report({"epoch": 0, metric: math.nan, "status": FAILED,
                  "message": f"node test: backbone_lr {config['backbone_lr']!r}: refused by the stub"})

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from hyperiqa.config import LEGACY_DEFECTS
-from tuning import ablation_report as R
-from tuning import ablation_stats as S
-from tuning.ablation_summary import answer
+from tuning.ablation import report as R
+from tuning.ablation import stats as S
+from tuning.ablation.summary import answer
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 8
@@ -135,7 +135,7 @@ def test_no_symptom_is_said_plainly():
 
 def test_variants_are_paired_and_the_budget_is_full(tiny_cfg):
     from hyperiqa.utils import UserError
-    from tuning import ablate
+    from tuning.ablation import experiment as ablate
 
     runs = ablate.variant_runs(tiny_cfg(seed=5), 2, ablate.DEFECT_VARIANTS)
     assert len(runs) == 16 and {labels["seed"] for _, labels, _ in runs} == {0, 1}
@@ -152,7 +152,7 @@ def test_variants_are_paired_and_the_budget_is_full(tiny_cfg):
 
 
 def test_a_control_changes_its_field_and_is_described_as_a_control(tiny_cfg):
-    from tuning import ablate
+    from tuning.ablation import experiment as ablate
 
     table = {S.FIXED: ablate.Variant(), "no_decay": ablate.Variant(changes={"weight_decay": 0.0}, about="no decay")}
     runs = ablate.variant_runs(tiny_cfg(seed=2, weight_decay=5e-4), 2, [S.FIXED, "no_decay"], table)
@@ -181,7 +181,7 @@ def test_a_control_changes_its_field_and_is_described_as_a_control(tiny_cfg):
 
 
 def test_controls_are_in_the_table_and_not_run_by_default():
-    from tuning import ablate
+    from tuning.ablation import experiment as ablate
 
     assert ablate.VARIANTS["plain_head"].changes == {"head": "plain"} and not ablate.VARIANTS["plain_head"].legacy
     assert ablate.VARIANTS["plcc_loss"].changes == {"loss": "plcc"}
@@ -196,7 +196,7 @@ def test_controls_are_in_the_table_and_not_run_by_default():
 
 def test_regime_paper_is_for_photos_and_set_may_not_fight_a_variant():
     from hyperiqa.utils import UserError
-    from tuning import ablate
+    from tuning.ablation import experiment as ablate
 
     with pytest.raises(UserError, match="--regime paper: defined for --dataset photos only, not demo"):
         ablate.preset(ablate.build_parser().parse_args(["--regime", "paper"]))
@@ -209,7 +209,7 @@ def test_regime_paper_is_for_photos_and_set_may_not_fight_a_variant():
 def test_paper_regime_config():
     """Needs the head/loss/train_eval_images fields (model-options branch)."""
     from hyperiqa.config import photos_config
-    from tuning import ablate
+    from tuning.ablation import experiment as ablate
 
     args = ablate.build_parser().parse_args(["--dataset", "photos", "--regime", "paper"])
     base = ablate.ablation_base(args, ablate.preset(args).variants)
@@ -300,7 +300,7 @@ def test_ablation_end_to_end_paired_splits_and_folder(ray_ablation):
         table = {r["variant"]: r for r in csv.DictReader(fh)}
     assert table["fixed"]["seeds"] == "2" and table["fixed"]["incomplete_runs"] == "0"
     # Re-summarising reads the same experiment and writes the same table, without Ray.
-    from tuning import ablate
+    from tuning.ablation import experiment as ablate
 
     assert ablate.main(["--summarize", str(tmp_path / "ray" / "abl"), "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "table.csv").read_text() == (out / "table.csv").read_text()
@@ -344,7 +344,8 @@ def test_processes_runner_writes_the_ray_runners_folder_without_ray(ray_ablation
 def test_a_failed_run_fails_the_ablation_after_writing_the_folder(tiny_dataset, tiny_cache_dir, tmp_path,
                                                                   monkeypatch, capsys):
     from tests.fake_train import FAIL_SEED
-    from tuning import ablate, local_runs
+    from tuning.ablation import experiment as ablate
+    from tuning.engine import local_runs
 
     fake = Path(__file__).resolve().parent / "fake_train.py"
     monkeypatch.setattr(local_runs, "command", lambda folder, resume: [
@@ -361,7 +362,7 @@ def test_an_out_folder_holding_other_files_is_refused_before_any_run(tiny_datase
     import ray
 
     from hyperiqa.utils import UserError
-    from tuning import ablate
+    from tuning.ablation import experiment as ablate
 
     out = tmp_path / "out"  # the folder ablate_argv names with --out
     out.mkdir()

@@ -79,7 +79,7 @@ def test_resume_refuses_an_incomplete_folder_and_one_that_mixes_two_epochs(tiny_
 
 
 def test_saving_into_an_existing_empty_folder_works(tiny_cfg, tmp_path):
-    """tuning/trainable.py saves into a fresh TemporaryDirectory, then hands it to Ray."""
+    """tuning/engine/trainable.py saves into a fresh TemporaryDirectory, then hands it to Ray."""
     solver = Solver(tiny_cfg(epochs=1), log=quiet)
     (tmp_path / "ck").mkdir()
     solver.save_checkpoint(tmp_path / "ck", next(solver.epochs()))

@@ -165,7 +165,7 @@ def test_a_dataset_too_small_for_a_correlation_is_refused_before_training(tiny_d
     assert code == 2 and "epoch 1" not in out and not (tmp_path / "r" / "last").exists()
     assert err.strip() == ("error: csv: the val split of the random split has 1 image (3 in the dataset); a correlation "
                            "needs at least 3: raise val_fraction (now 0.1), or use a larger dataset")
-    from tuning.options import check_dataset
+    from tuning.engine.options import check_dataset
 
     with pytest.raises(UserError, match="the val split of the random split has 1 image"):
         check_dataset(cfg)  # the search CLIs call it before Ray starts

@@ -10,7 +10,7 @@ from ray.cluster_utils import Cluster
 
 from hyperiqa.utils import UserError
 from tests.test_search import search_argv
-from tuning import search
+from tuning.sweep import experiment as search
 
 pytestmark = pytest.mark.timeout(300)
 

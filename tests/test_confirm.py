@@ -16,9 +16,9 @@ import pytest
 
 from hyperiqa.utils import UserError
 from tests.test_search import ROOT, search_argv
-from tuning import confirm
-from tuning import confirm_report as cr
-from tuning.runner import RunSet
+from tuning.confirmation import experiment as confirm
+from tuning.confirmation import report as cr
+from tuning.engine.runner import RunSet
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -9,9 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from tuning import report, search
-from tuning.ablation_stats import MIN_DROP
-from tuning.export import _summary, _write_trials_csv
+from tuning.ablation.stats import MIN_DROP
+from tuning.sweep import experiment as search
+from tuning.sweep import trials_report as report
+from tuning.sweep.export_folder import _summary, _write_trials_csv
 
 DECLINE = [0.80, 0.74, 0.70, 0.66, 0.63, 0.60, 0.58, 0.55]  # the original's shape: best at epoch 1, then down
 RISING = [0.50, 0.60, 0.65, 0.70, 0.72, 0.74, 0.75, 0.76]

@@ -17,8 +17,9 @@ import pytest
 from hyperiqa.utils import UserError
 from tests.test_paper import plan_for
 from tests.test_search import ROOT
-from tuning import experiment_folder, launch, options, runner, search
-from tuning.runner import RUNS_FILE
+from tuning.engine import experiment_folder, launch, options, runner
+from tuning.engine.runner import RUNS_FILE
+from tuning.sweep import experiment as search
 
 # Another search's claim, as experiment_folder.claim makes it (without importing torch: seconds on 2 cores).
 HOLDER = """
@@ -137,7 +138,7 @@ def search_flags(tiny_dataset, tiny_cache_dir, tmp_path) -> list[str]:
     sets = [f"dataset_options={options_}", "backbone=resnet10t", "pretrained=false", "patch_size=32",
             f"cache_dir={tiny_cache_dir}", "cache_workers=1"]
     if not (tmp_path / "ray" / "plan" / "hyperiqa_search.json").exists():  # what --resume loads
-        from tuning.export import save_plan
+        from tuning.sweep.plan import save_plan
 
         save_plan(plan_for(tiny_dataset, tiny_cache_dir, tmp_path / "ray"))
     return ["--dataset", "csv", "--data-root", str(tiny_dataset), *[a for s in sets for a in ("--set", s)],
@@ -202,7 +203,7 @@ def test_resume_from_a_truncated_state_is_one_line_naming_it(tmp_path):
 
 
 def test_ablate_resume_checks_the_state_before_ray_starts(tmp_path, monkeypatch):
-    from tuning import ablate
+    from tuning.ablation import experiment as ablate
 
     folder = tmp_path / "ray" / "abl"
     folder.mkdir(parents=True)

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from hyperiqa.utils import UserError
-from tuning import report
-from tuning.export import _staging, _write_trials_csv
-from tuning.space import parse_space
+from tuning.engine.result_folder import staging as _staging
+from tuning.sweep import trials_report as report
+from tuning.sweep.export_folder import _write_trials_csv
+from tuning.sweep.space import parse_space
 
 SPACE = parse_space({"params": {"backbone_lr": {"type": "loguniform", "low": 1e-5, "high": 1e-2},
                                 "schedule": {"type": "choice", "values": ["step", "cosine"]},

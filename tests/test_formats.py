@@ -17,8 +17,8 @@ from torch import nn
 
 from hyperiqa.convert import main as convert_main
 from hyperiqa.convert import write_format
+from hyperiqa.inference import score
 from hyperiqa.models import HyperIQA, build_model
-from hyperiqa.predict import score
 from hyperiqa.utils import UserError
 from tests import original_hyperiqa, pyiqa_hypernet
 
@@ -143,7 +143,7 @@ def test_onnx_scores_match_predict_under_onnxruntime(tiny_cfg, tmp_path, head):
 
 
 def test_export_folder_gets_each_requested_format_once(resnet50_checkpoint, tmp_path):
-    from tuning.export import write_formats
+    from tuning.sweep.export_folder import write_formats
 
     folder, _, _ = resnet50_checkpoint
     written = write_formats(folder, ["pyiqa", "original", "pyiqa"], tmp_path)

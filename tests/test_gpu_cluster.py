@@ -14,7 +14,8 @@ from ray.cluster_utils import Cluster
 from hyperiqa.utils import UserError
 from tests.stub_trials import gpu_probe
 from tests.test_search import search_argv
-from tuning import launch, search
+from tuning.engine import launch
+from tuning.sweep import experiment as search
 
 pytestmark = pytest.mark.timeout(400)
 CARD_GIB = 40  # the memory the probe assumes for each logical GPU

@@ -23,8 +23,9 @@ from hyperiqa.utils import UserError
 from tests.test_evaluate import kadid, tid2013  # noqa: F401  (module fixtures: generated TID2013 and KADID-10k layouts)
 from tests.test_search import SPACE, results_per_trial, search_argv
 from tests.test_search_scripted import argv_for, kill_then_resume
-from tuning import search, tracking
-from tuning.schedulers import BestValueOptunaSearch
+from tuning.engine import tracking
+from tuning.sweep import experiment as search
+from tuning.sweep.optuna_search import BestValueOptunaSearch
 
 pytestmark = pytest.mark.timeout(420)
 NAME = "e2e"
@@ -161,7 +162,7 @@ def test_cross_dataset_table_in_metrics_json_and_summary(tracked):
 
 
 def test_reexport_repeats_the_saved_cross_datasets_and_the_export_flag_replaces_them(tracked, tmp_path, capsys):
-    from tuning import export
+    from tuning.sweep import export_folder as export
 
     assert export.main([str(tracked["experiment"]), "--out", str(tmp_path / "one"), "--cross",
                         f"kadid10k={tracked['cross']['kadid10k']}"]) == 0

@@ -15,7 +15,7 @@ from ray import tune
 
 from hyperiqa.solver import Solver
 from hyperiqa.utils import UserError
-from tuning import launch, trainable
+from tuning.engine import launch, trainable
 
 
 class _AuthModeHandler(http.server.BaseHTTPRequestHandler):

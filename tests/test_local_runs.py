@@ -1,4 +1,4 @@
-"""tuning/local_runs.py (ablate.py --runner processes) with a stand-in trainer (tests/fake_train.py): which
+"""tuning/engine/local_runs.py (ablate.py --runner processes) with a stand-in trainer (tests/fake_train.py): which
 runs start, continue or are kept, a failing run, the time limit, GPU pinning, the collected curves."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.fake_train import FAIL_MESSAGE, FAIL_SEED
-from tuning import local_runs
-from tuning.runner import RUNS_FILE, RunSet
+from tuning.engine import local_runs
+from tuning.engine.runner import RUNS_FILE, RunSet
 
 FAKE = Path(__file__).resolve().parent / "fake_train.py"
 

@@ -9,8 +9,8 @@ import timm
 from hyperiqa.config import TrainConfig
 from hyperiqa.solver import Solver
 from hyperiqa.utils import UserError
-from tuning.search import build_parser
-from tuning.space import load_space
+from tuning.sweep.experiment import build_parser
+from tuning.sweep.space import load_space
 
 
 def test_default_and_paper_backbone_are_torchvisions_resnet50_weights():
@@ -22,7 +22,7 @@ def test_default_and_paper_backbone_are_torchvisions_resnet50_weights():
 
 
 def plan_for(tiny_dataset, tiny_cache_dir, tmp_path, *extra):
-    from tuning.plan import make_plan
+    from tuning.sweep.plan import make_plan
 
     options = "{csv: labels.csv, image_column: image, label_column: label, group_column: group}"
     sets = [f"dataset_options={options}", "backbone=resnet10t", "pretrained=false", "patch_size=32",
@@ -59,7 +59,7 @@ def test_solver_without_a_val_split_selects_on_test(tiny_cfg):
 
 def test_asha_first_rung_is_epoch_4_on_the_demo_and_max_epochs_over_8_elsewhere(tiny_dataset, tiny_cache_dir,
                                                                                  tmp_path, monkeypatch):
-    import tuning.plan as plan_module
+    import tuning.sweep.plan as plan_module
 
     # 16 epochs (the TrainConfig default) on a real-data reader: max(1, 16 // 8)
     assert plan_for(tiny_dataset, tiny_cache_dir, tmp_path).grace_period == 2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hyperiqa import predict
+from hyperiqa import inference, predict
 from hyperiqa.checkpoint import load_model, read_preprocess
 from hyperiqa.models import HyperIQA, PlainIQA, build_model
 from hyperiqa.solver import Solver
@@ -86,9 +86,9 @@ def test_plain_head_resumes_exactly_and_predicts_from_its_checkpoint(tiny_cfg, t
     got = np.array([float(r["score"]) for r in csv.DictReader(out.open())])
     pre = read_preprocess(tmp_path / "ck")
     resize = {"short_side": pre["short_side"], "resize_to": pre["resize_to"]}
-    crops = [predict.crops(predict.load_image(p, patch=cfg.patch_size, **resize), patch=cfg.patch_size, n=2, seed=0)
+    crops = [inference.crops(inference.load_image(p, patch=cfg.patch_size, **resize), patch=cfg.patch_size, n=2, seed=0)
              for p in images]
-    want = predict.score(solver.model.eval(), crops, mean=model.input_mean, std=model.input_std, device="cpu",
+    want = inference.score(solver.model.eval(), crops, mean=model.input_mean, std=model.input_std, device="cpu",
                          batch_size=8)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # the CSV keeps 6 decimals
     assert np.ptp(got) > 1e-3

@@ -16,7 +16,7 @@ import pytest
 import ray
 import ray._private.ray_constants as ray_constants
 
-from tuning import launch
+from tuning.engine import launch
 
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
 

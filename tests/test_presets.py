@@ -28,7 +28,7 @@ def test_photos_config_is_the_papers_optimisation_on_a_pretrained_backbone():
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_cli_starts_from_the_preset_without_a_data_root(name):
     from hyperiqa import train
-    from tuning import options
+    from tuning.engine import options
 
     expected = PRESETS[name]()
     assert options.base_config(argparse.Namespace(dataset=name, data_root=None, set=[])) == expected
@@ -36,8 +36,8 @@ def test_every_cli_starts_from_the_preset_without_a_data_root(name):
 
 
 def test_photos_search_defaults_search_all_five_settings(tmp_path, monkeypatch):
-    import tuning.plan as plan_module
-    from tuning.search import build_parser
+    import tuning.sweep.plan as plan_module
+    from tuning.sweep.experiment import build_parser
 
     monkeypatch.setattr(plan_module, "check_dataset", lambda cfg: None)  # no images generated here
     plan = plan_module.make_plan(build_parser().parse_args(["--dataset", "photos", "--storage-path",
@@ -54,7 +54,8 @@ def test_photos_search_defaults_search_all_five_settings(tmp_path, monkeypatch):
 
 
 def test_photos_ablation_runs_its_variants_on_the_preset(monkeypatch):
-    from tuning import ablate, runner
+    from tuning.ablation import experiment as ablate
+    from tuning.engine import runner
 
     args = ablate.build_parser().parse_args(["--dataset", "photos"])
     assert ablate.ablation_base(args) == photos_config(patience=0)

@@ -1,4 +1,4 @@
-"""--keep-checkpoints (tuning/retention.py): which checkpoint files a search keeps, that a killed search still
+"""--keep-checkpoints (tuning/engine/retention.py): which checkpoint files a search keeps, that a killed search still
 resumes from its trials' latest checkpoints, and that the export still takes the best epoch of the best trial."""
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from hyperiqa.checkpoint import TRAINER_STATE, WEIGHTS
 from tests.stub_trials import scripted
 from tests.test_search import ROOT
 from tests.test_search_scripted import _snapshot_has_checkpoint, argv_for, rows, trial_ids_by_lr
-from tuning import retention, search
+from tuning import search
+from tuning.engine import retention
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -74,7 +75,7 @@ def test_resume_after_the_policy_is_exact(tiny_cfg, tmp_path):
     from ray import tune
 
     from hyperiqa.solver import Solver
-    from tuning import trainable
+    from tuning.engine import trainable
 
     cfg = tiny_cfg(epochs=4)
     straight = Solver(cfg, log=lambda *_: None)

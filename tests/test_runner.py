@@ -10,7 +10,7 @@ import pytest
 import ray
 
 from hyperiqa.solver import Solver
-from tuning import runner
+from tuning.engine import runner
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -159,7 +159,7 @@ def test_scores_are_computed_in_fp32_under_bf16_autocast():
 
 @pytest.mark.filterwarnings("ignore:.*upscaled to fit a patch")
 def test_predict_resizes_exactly_as_the_training_cache(tmp_path):
-    from hyperiqa import predict
+    from hyperiqa import inference as predict
 
     rng = np.random.default_rng(0)
     path = tmp_path / "photo.png"

@@ -11,8 +11,9 @@ import optuna
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from tuning.schedulers import METRIC_FLOOR, BestValueOptunaSearch, ResumableASHA
-from tuning.space import parse_space
+from tuning.sweep.asha import METRIC_FLOOR, ResumableASHA
+from tuning.sweep.optuna_search import BestValueOptunaSearch
+from tuning.sweep.space import parse_space
 
 SPACE = parse_space({"params": {"backbone_lr": {"type": "loguniform", "low": 1e-5, "high": 1e-2}}}, source="mem")
 

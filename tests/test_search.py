@@ -163,7 +163,7 @@ def test_export_folder_is_complete(search):
 
 
 def test_reexport_from_the_experiment_path(search, tmp_path):
-    from tuning.export import export_experiment
+    from tuning.sweep.export_folder import export_experiment
 
     result = export_experiment(str(search["experiment"]), str(tmp_path / "again"), log=lambda *a: None,
                                formats=["onnx"])

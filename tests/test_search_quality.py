@@ -52,7 +52,7 @@ def test_ratio_is_epochs_to_target_over_the_full_budget_methods_epochs(tmp_path,
         export.mkdir()
         (export / "metrics.json").write_text(json.dumps({"trial": "f3" if folder == full else "x", "val_srcc": value,
                                                          "test_srcc": 0.7, "epoch": 3 if folder == full else 2}))
-    monkeypatch.setattr("tuning.export.load_plan", lambda path: SimpleNamespace(space={"start": [{"lr": 1}]}))
+    monkeypatch.setattr("tuning.sweep.plan.load_plan", lambda path: SimpleNamespace(space={"start": [{"lr": 1}]}))
     row_full = sq.summarise("random_full", 0, full, full / "export", None, 60.0)
     row_asha = sq.summarise("asha_tpe", 0, asha, asha / "export", row_full, 30.0)
     assert (row_full["epochs"], row_full["epochs_to_within"], row_full["ratio"]) == (12, 12, 1.0)

@@ -25,16 +25,20 @@ import yaml
 from hyperiqa.utils import UserError
 from tests.stub_trials import failing, scripted
 from tests.test_search import ROOT, search_argv
-from tuning import launch, report, search
-from tuning.export import ExportResult, load_plan
-from tuning.schedulers import BestValueOptunaSearch
+from tuning.engine import ray_private
+from tuning.sweep import experiment as search
+from tuning.sweep import trials_report as report
+from tuning.sweep import tuner as tuner_module
+from tuning.sweep.export_folder import ExportResult
+from tuning.sweep.optuna_search import BestValueOptunaSearch
+from tuning.sweep.plan import load_plan
 
 pytestmark = pytest.mark.timeout(400)
 
 DRIVER = """
 import functools, json, sys
 from tests.stub_trials import failing, scripted
-from tuning import search
+from tuning.sweep import experiment as search
 argv, curves, pause_dir = json.loads(sys.argv[1])
 sys.exit(search.main(argv, trial_fn=functools.partial(scripted, curves=curves, pause_dir=pause_dir)))
 """
@@ -92,8 +96,8 @@ def test_resumed_trial_below_a_restored_rung_is_stopped(tiny_dataset, tiny_cache
     plan = dataclasses.replace(load_plan(str(experiment)), max_concurrent=None)
     ray.init(num_cpus=3, include_dashboard=False)
     try:
-        tuner = launch.restore_tuner(plan, fn=functools.partial(scripted, curves=curves))
-        config = launch._restored_tune_config(tuner)
+        tuner = tuner_module.restore_tuner(plan, fn=functools.partial(scripted, curves=curves))
+        config = ray_private.restored_tune_config(tuner)
         assert config.max_concurrent_trials == 2  # 3 CPUs, 2 trials (the run was created with 1)
         assert config.scheduler.rungs()[2] == {ids[good]: 0.6, ids[bad]: 0.2}
     finally:
@@ -283,7 +287,7 @@ def test_an_export_dir_holding_other_files_is_refused_before_ray_starts(tiny_dat
 def test_a_truncated_experiment_state_exports_from_the_trial_folders_and_resume_says_why(
         tiny_dataset, tiny_cache_dir, tmp_path, capsys, monkeypatch):
     from hyperiqa.utils import UserError
-    from tuning.export import export_experiment
+    from tuning.sweep.export_folder import export_experiment
 
     curves = {repr(1e-3): [0.5, 0.8, 0.6], repr(1e-4): [0.6, 0.7, 0.75]}
     experiment = run_scripted_search(tmp_path, tiny_dataset, tiny_cache_dir, curves, "truncated")

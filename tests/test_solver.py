@@ -146,7 +146,7 @@ def test_evaluation_uses_fixed_crops(tiny_cfg):
 
 
 def test_every_numeric_epoch_metric_reaches_ray_as_a_number(tiny_cfg):
-    from tuning.trainable import to_report  # imports Ray, starts nothing
+    from tuning.engine.trainable import to_report  # imports Ray, starts nothing
 
     solver = Solver(tiny_cfg(epochs=1), log=quiet)
     solver.train_epoch = lambda: {"train_loss": 1.0, "train_srcc": 0.5, "lr_backbone": 1e-3, "lr_head": 1e-2,

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from hyperiqa.config import TrainConfig
-from tuning.space import SPACES_DIR, SpaceError, load_space, parse_space
+from tuning.sweep.space import SPACES_DIR, SpaceError, load_space, parse_space
 
 GOOD = {
     "params": {

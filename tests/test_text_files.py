@@ -8,7 +8,7 @@ from PIL import Image
 
 from hyperiqa.config import ConfigError, TrainConfig
 from hyperiqa.data.datasets import DatasetError, load_dataset
-from tuning.space import SpaceError, load_space
+from tuning.sweep.space import SpaceError, load_space
 
 
 def images(root, names) -> None:

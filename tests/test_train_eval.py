@@ -9,7 +9,8 @@ import torch
 
 from hyperiqa import metrics as M
 from hyperiqa.data.patches import EvalCrops
-from hyperiqa.solver import Solver, predict_images
+from hyperiqa.inference import predict_images
+from hyperiqa.solver import Solver
 
 VOLATILE = ("time_s", "patches_per_s")
 
@@ -62,7 +63,7 @@ def test_train_eval_images_leaves_training_and_val_test_metrics_unchanged(tiny_c
 
 
 def test_the_epoch_line_shows_the_image_level_train_srcc_when_there_is_one():
-    from hyperiqa.train import epoch_line
+    from hyperiqa.text import epoch_line
 
     m = {"epoch": 1, "train_loss": 1.0, "train_srcc": 0.25, "val_srcc": 0.5, "val_plcc": 0.5, "test_srcc": 0.5,
          "test_plcc": 0.5, "lr_backbone": 1e-3, "lr_head": 1e-2, "patches_per_s": 10.0, "time_s": 1.0,

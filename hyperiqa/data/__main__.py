@@ -13,7 +13,15 @@ import json
 from pathlib import Path
 
 from hyperiqa.config import TrainConfig
-from hyperiqa.data.datasets import DATASETS, GENERATED, DatasetError, DatasetSpec, load_dataset, missing_files
+from hyperiqa.data.datasets import (
+    DATASETS,
+    GENERATED,
+    DatasetError,
+    DatasetSpec,
+    load_dataset,
+    missing_files,
+    parse_options,
+)
 from hyperiqa.data.splits import check_split, choose_split
 from hyperiqa.utils import run_cli
 
@@ -31,16 +39,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--verify-images", action="store_true", help="decode every image with PIL")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args(argv)
-
-
-def parse_options(items: list[str]) -> dict[str, str]:
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise DatasetError(f"--option {item!r}: expected KEY=VALUE, e.g. --option csv=labels.csv")
-        options[key.strip()] = value
-    return options
 
 
 def unreadable_images(paths: list[str]) -> dict[str, str]:

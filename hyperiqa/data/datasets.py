@@ -17,7 +17,7 @@ from hyperiqa.data.readers.photos import read_photos
 from hyperiqa.data.readers.synthetic import read_csiq, read_kadid10k, read_live, read_tid2013
 from hyperiqa.utils import default_cache_dir
 
-__all__ = ["DATASETS", "DatasetError", "DatasetSpec", "Record", "dataset_from_config", "load_dataset",
+__all__ = ["DATASETS", "DatasetError", "DatasetSpec", "Record", "dataset_from_config", "load_dataset", "parse_options",
            "missing_files"]
 
 DATASETS: dict[str, Callable[[Path, dict], DatasetSpec]] = {
@@ -72,3 +72,14 @@ def load_dataset(name: str, root: str | None, options: dict | None = None, *, ca
 def dataset_from_config(cfg: TrainConfig) -> DatasetSpec:
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
     return load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_options, cache_dir=cache_dir)
+
+
+def parse_options(items: list[str]) -> dict[str, str]:
+    """The reader options of repeated --option KEY=VALUE flags (python -m hyperiqa.data, hyperiqa.evaluate)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DatasetError(f"--option {item!r}: expected KEY=VALUE, e.g. --option csv=labels.csv")
+        options[key.strip()] = value
+    return options

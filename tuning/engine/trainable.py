@@ -18,24 +18,17 @@ from typing import Any
 import ray
 from ray import tune
 
-from hyperiqa.config import ConfigError, TrainConfig
+from hyperiqa.config import TrainConfig
 from hyperiqa.utils import UserError
-from tuning.space import SearchSpace
 
 # Reported every epoch (the solver's keys); None (undefined, diverged) goes to Ray as NaN, which the
-# scheduler and searcher of tuning/schedulers.py rank below every finite value.
+# scheduler and searcher (tuning/sweep/asha.py, optuna_search.py) rank below every finite value.
 NUMERIC_KEYS = ("epoch", "val_srcc", "val_plcc", "val_plcc_logistic", "val_krcc", "val_rmse", "test_srcc",
                 "test_plcc", "test_plcc_logistic", "test_krcc", "test_rmse", "train_loss", "train_srcc",
                 "train_image_srcc", "train_image_plcc",
                 "lr_backbone", "lr_head", "patches_per_s", "time_s", "best_epoch")
 FAILED = "failed"  # the status of a trial that could not start (data, cache or configuration on its node)
 LOG_NAME = "train.log"
-
-
-def train_trial(config: dict[str, Any], *, base: dict, space: SearchSpace, metric: str) -> None:
-    """A search trial: the base configuration with the space's fixed and sampled values."""
-    run_trial(lambda: space.config_for(TrainConfig.from_dict(base), config, source="sampled configuration"),
-              f"sampled {config}", metric)
 
 
 def fixed_trial(config: dict[str, Any], *, runs: dict[str, dict], metric: str) -> None:
@@ -47,7 +40,7 @@ def fixed_trial(config: dict[str, Any], *, runs: dict[str, dict], metric: str) -
 def run_trial(make_config: Callable[[], TrainConfig], what: str, metric: str) -> None:
     """Build the configuration, resume from Ray's checkpoint if any, run and report the epochs."""
     from hyperiqa.solver import Solver  # heavy (torch, timm): imported in the worker only
-    from hyperiqa.train import epoch_line
+    from hyperiqa.text import epoch_line
 
     # Ray runs each trial in its own working directory on its node and, with sync_artifacts on (see
     # launch.run_config), uploads that folder to the trial's storage with every checkpoint.
@@ -57,7 +50,7 @@ def run_trial(make_config: Callable[[], TrainConfig], what: str, metric: str) ->
     try:
         cfg = make_config()
         solver = Solver(cfg, log=log)
-    except (UserError, ConfigError) as exc:
+    except UserError as exc:  # ConfigError included
         # Missing data or cache on this node, or a configuration the backbone refuses: a retry on the
         # same node would fail the same way (retries are for crashes), so end the trial with its reason.
         message = f"node {node}: {exc}"

@@ -2,7 +2,7 @@
 
     --log-to tensorboard,mlflow,wandb    Ray Tune's own logger callbacks (launch.tracking_callbacks)
     --optuna-storage URL                 the searcher's Optuna study in a database, for optuna-dashboard
-    --cross NAME=ROOT                    (the flag only; tuning/crosseval.py scores the export on it)
+    --cross NAME=ROOT                    (the flag only; tuning/sweep/crosseval.py scores the export on it)
 
 No Ray imports here: the flags are checked and the tools' stores opened before Ray starts, so a missing
 package or an unreachable store is one line, not a traceback after the cluster came up. After the

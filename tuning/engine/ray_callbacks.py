@@ -7,17 +7,18 @@ these subclasses change when runs are opened and closed, not what is logged.
 from __future__ import annotations
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
-from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+from ray.air.integrations.wandb import WandbLoggerCallback
 
-from tuning.tracking import TRIAL_TAG
+from tuning.engine.ray_private import WandbLoggingActor, mlflow_trial_runs, set_wandb_actor, wandb_module
+from tuning.engine.tracking import TRIAL_TAG
 
 
 class MLflowTrialRuns(MLflowLoggerCallback):
-    """Ray's MLflow logger, with the trial id as a run tag (tuning.tracking tags the export's best run by
+    """Ray's MLflow logger, with the trial id as a run tag (tuning.engine.tracking tags the export's best run by
     it) and one run per trial across --resume: Ray's callback would open a second run for a resumed trial."""
 
     def log_trial_start(self, trial) -> None:
-        if trial not in self._trial_runs:
+        if trial not in mlflow_trial_runs(self):
             from mlflow import MlflowClient
 
             client = MlflowClient(tracking_uri=self.tracking_uri)
@@ -29,11 +30,11 @@ class MLflowTrialRuns(MLflowLoggerCallback):
             else:
                 tags = {**self.tags, "trial_name": str(trial), TRIAL_TAG: trial.trial_id}
                 run_id = self.mlflow_util.start_run(tags=tags, run_name=str(trial)).info.run_id
-            self._trial_runs[trial] = run_id
+            mlflow_trial_runs(self)[trial] = run_id
         super().log_trial_start(trial)  # logs the trial's parameters
 
 
-class _FlushedWandbActor(_WandbLoggingActor):
+class _FlushedWandbActor(WandbLoggingActor):
     """The actor that logs one trial to W&B, waiting for W&B to write the run out before it returns.
 
     wandb.finish() returns before wandb-core (a separate process that exits with its parent) has
@@ -42,8 +43,11 @@ class _FlushedWandbActor(_WandbLoggingActor):
 
     def run(self):
         super().run()
-        self._wandb.teardown()
+        wandb_module(self).teardown()
 
 
 class WandbTrialRuns(WandbLoggerCallback):
-    _logger_actor_cls = _FlushedWandbActor
+    """Ray's W&B logger, each trial logged through _FlushedWandbActor."""
+
+
+set_wandb_actor(WandbTrialRuns, _FlushedWandbActor)

@@ -1,4 +1,4 @@
-"""The ablation folder: table.csv/.md, runs.csv, curves.png and summary.md, from tuning/ablation_stats.
+"""The ablation folder: table.csv/.md, runs.csv, curves.png and summary.md, from tuning/ablation/stats.py.
 
 No Ray imports. The sentences of summary.md are generated from the numbers (and say so), so a
 re-summarised experiment and a fresh one read the same.
@@ -12,10 +12,12 @@ import math
 import warnings
 from pathlib import Path
 
+from hyperiqa.text import csv_number
 from hyperiqa.utils import atomic_write_text
-from tuning import ablation_stats as S
-from tuning.ablation_stats import pm
-from tuning.ablation_summary import answer, summary_markdown
+from tuning.ablation import stats as S
+from tuning.ablation.stats import pm
+from tuning.ablation.summary import answer, summary_markdown
+from tuning.engine.result_folder import staging
 
 RAW_KEYS = ("val_srcc", "val_plcc", "test_srcc", "test_plcc", "train_loss", "train_srcc", "train_image_srcc",
             "train_image_plcc", "lr_backbone", "lr_head", "status")
@@ -31,11 +33,11 @@ def table_rows(stats: list[S.VariantStats]) -> list[dict]:
                "incomplete_runs": s.incomplete,
                "peak_epochs": " ".join(str(e) for e in s.values("peak_epoch"))}
         for name in ("peak", "final", "drop", "test_at_val_best"):
-            row[f"{name}_mean"], row[f"{name}_sd"] = (_num(v) for v in s.agg(name))
+            row[f"{name}_mean"], row[f"{name}_sd"] = (csv_number(v) for v in s.agg(name))
         row["val_best_epochs"] = " ".join(str(e) for e in s.values("val_best_epoch"))
         for name in ("final", "test_at_val_best"):
             diffs = S.paired(s, fixed, name) if s is not fixed else []
-            row[f"{name}_vs_fixed_mean"], row[f"{name}_vs_fixed_sd"] = (_num(v) for v in S.mean_sd(diffs))
+            row[f"{name}_vs_fixed_mean"], row[f"{name}_vs_fixed_sd"] = (csv_number(v) for v in S.mean_sd(diffs))
         row["verdict"], row["note"] = s.verdict, s.no_effect or ""
         rows.append(row)
     return rows
@@ -99,11 +101,9 @@ def write_folder(out_dir: str | Path, runs: list[dict], curves: dict[str, list[d
                  source: str, config_line: str, experiment: str | None = None) -> tuple[list[S.VariantStats], str]:
     """Write the folder (built beside it and swapped in, replacing only a folder written this way, never the
     experiment's); return the statistics and the answer's sentences."""
-    from tuning.export import _staging  # the export folder's swap-in: a reader never sees half a folder
-
     stats = S.summarize(runs, curves)
     sentences = answer(stats, runs[0]["config"])
-    with _staging(Path(out_dir), experiment) as tmp:
+    with staging(Path(out_dir), experiment) as tmp:  # a reader never sees half a folder
         atomic_write_text(tmp / "table.csv", csv_text(table_rows(stats)))
         atomic_write_text(tmp / "table.md", markdown_table(stats) + "\n")
         atomic_write_text(tmp / "runs.csv", csv_text(raw_rows(runs, curves)))
@@ -175,10 +175,6 @@ def _at(curve: S.RunCurve, attr: str, epoch: int) -> float:
 
 def _epochs(values: list) -> str:
     return ", ".join("-" if v is None else str(v) for v in values) or "-"
-
-
-def _num(value: float):
-    return round(value, 4) if math.isfinite(value) else ""
 
 
 def _raw(value):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hyperiqa.text import fmt
 from hyperiqa.utils import UserError
 
 METRICS = ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")
@@ -106,5 +107,4 @@ def text(entries: list[dict]) -> str:
 def _cell(entry: dict, key: str) -> str:
     if key not in entry:
         return "n/a"  # rmse between two label scales: left out by evaluate_checkpoint
-    value = entry[key]
-    return "-" if value is None else f"{value:.4f}"
+    return fmt(entry[key])

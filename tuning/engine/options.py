@@ -114,14 +114,17 @@ def check_name(name: str) -> str:
 
 
 def base_config(args) -> TrainConfig:
-    """The dataset's preset (demo_config(), photos_config(): CPU-sized), the paper defaults otherwise; then --set."""
-    if args.dataset in PRESETS:
-        base = PRESETS[args.dataset](**({"data_root": args.data_root} if args.data_root else {}))
-    else:
-        if not args.data_root:
-            raise UserError(f"--dataset {args.dataset}: --data-root (the dataset folder) is required")
-        base = TrainConfig.from_dict({"dataset": args.dataset, "data_root": args.data_root}, source="--dataset")
-    return base.with_overrides(args.set or [], source="--set")
+    """--dataset's configuration (dataset_config), then --set."""
+    return dataset_config(args.dataset, args.data_root).with_overrides(args.set or [], source="--set")
+
+
+def dataset_config(dataset: str, data_root: str | None) -> TrainConfig:
+    """The dataset's preset (demo_config(), photos_config(): CPU-sized), the paper defaults otherwise."""
+    if dataset in PRESETS:
+        return PRESETS[dataset](**({"data_root": data_root} if data_root else {}))
+    if not data_root:
+        raise UserError(f"--dataset {dataset}: --data-root (the dataset folder) is required")
+    return TrainConfig.from_dict({"dataset": dataset, "data_root": data_root}, source="--dataset")
 
 
 def finite(flag: str, value: float) -> float:

@@ -1,5 +1,6 @@
 """What a confirmation's runs say: both selection protocols, statistics over splits, the paired bootstrap,
-the verdict sentence, confirm.csv, summary.md and curves.png. No Ray imports.
+the verdict sentence, confirm.csv, summary.md and curves.png. No Ray imports. The statistics (describe,
+paired differences, bootstrap) are tuning/run_stats.py's, shared with the ablation.
 
 Protocols, per run (one configuration on one split):
   honest       the epoch with the best val SRCC; its test numbers are reported
@@ -16,12 +17,13 @@ import math
 
 import numpy as np
 
-from tuning.report import finite
+from hyperiqa.text import fmt
+from tuning import run_stats
+from tuning.run_stats import RESAMPLES, bootstrap_mean, describe, finite
 
 PROTOCOLS = {"honest": "val_srcc", "paper": "test_srcc"}  # protocol -> the metric that picks the epoch
 REPORTED = ("test_srcc", "test_plcc", "test_plcc_logistic")
 LABELS = {"test_srcc": "test SRCC", "test_plcc": "test PLCC", "test_plcc_logistic": "test PLCC (logistic)"}
-RESAMPLES = 10_000
 FEW_SPLITS = 5  # below this a percentile bootstrap covers less than it claims: the verdict says so
 
 
@@ -47,36 +49,11 @@ def run_row(labels: dict, curve: list[dict]) -> dict:
     return row
 
 
-def describe(values: list[float]) -> dict:
-    """n, median, mean, std (n-1), quartiles and IQR of the finite values."""
-    x = np.array([v for v in values if finite(v)], dtype=float)
-    if not len(x):
-        return {"n": 0, "median": math.nan, "mean": math.nan, "std": math.nan, "q25": math.nan,
-                "q75": math.nan, "iqr": math.nan}
-    q25, median, q75 = np.percentile(x, [25, 50, 75])
-    return {"n": len(x), "median": float(median), "mean": float(x.mean()),
-            "std": float(x.std(ddof=1)) if len(x) > 1 else math.nan, "q25": float(q25), "q75": float(q75),
-            "iqr": float(q75 - q25)}
-
-
 def paired_differences(rows: list[dict], config: str, baseline: str, key: str = "honest_test_srcc") -> list[float]:
     """config minus baseline on each split where both have a finite value, in split order."""
     mine = {r["split"]: r[key] for r in rows if r["config_id"] == config}
     base = {r["split"]: r[key] for r in rows if r["config_id"] == baseline}
-    return [mine[s] - base[s] for s in sorted(mine) if s in base and finite(mine[s]) and finite(base[s])]
-
-
-def bootstrap_mean(differences: list[float], *, resamples: int = RESAMPLES, seed: int = 0,
-                   level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): the mean paired difference and its percentile bootstrap interval, resampling splits."""
-    d = np.asarray(differences, dtype=float)
-    if len(d) < 2:
-        return (float(d.mean()) if len(d) else math.nan), math.nan, math.nan
-    rng = np.random.Generator(np.random.PCG64(seed))
-    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(d.mean()), float(low), float(high)
+    return run_stats.paired_differences(mine, base)
 
 
 def verdict(name: str, mean: float, low: float, high: float, n: int, *, identical: bool = False) -> str:
@@ -144,7 +121,9 @@ def stats_table(candidates: list[dict], result: dict, protocol: str) -> list[str
     lines = [head, "|" + "---|" * (2 + 3 * len(REPORTED))]
     for c in candidates:
         s = result["stats"][c["id"]][protocol]
-        cells = [f"{_f(s[m]['median'])} | {_f(s[m]['mean'])} ± {_f(s[m]['std'])} | {_f(s[m]['iqr'])}" for m in REPORTED]
+        cells = [" | ".join([fmt(s[m]["median"], finite_only=True),
+                             f"{fmt(s[m]['mean'], finite_only=True)} ± {fmt(s[m]['std'], finite_only=True)}",
+                             fmt(s[m]["iqr"], finite_only=True)]) for m in REPORTED]
         lines.append(f"| {c['label']} | {s['test_srcc']['n']} | " + " | ".join(cells) + " |")
     return lines
 
@@ -159,7 +138,7 @@ def paired_table(candidates: list[dict], result: dict) -> list[str]:
         beyond = "identical" if p["identical"] else (
             "-" if not finite(p["low"]) else ("yes, better" if p["low"] > 0 else "yes, worse" if p["high"] < 0 else "no"))
         interval = f"[{p['low']:+.4f}, {p['high']:+.4f}]" if finite(p["low"]) else "-"
-        lines.append(f"| {c['label']} | {p['n']} | {_signed(p['mean'])} | {interval} | {p['wins']}/{p['n']} | {beyond} |")
+        lines.append(f"| {c['label']} | {p['n']} | {fmt(p['mean'], '+.4f', finite_only=True)} | {interval} | {p['wins']}/{p['n']} | {beyond} |")
     return lines
 
 
@@ -211,11 +190,3 @@ def plot_curves(candidates: list[dict], curves: dict[str, list[list[dict]]], pat
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _f(value: float) -> str:
-    return f"{value:.4f}" if finite(value) else "-"
-
-
-def _signed(value: float) -> str:
-    return f"{value:+.4f}" if finite(value) else "-"

@@ -10,7 +10,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuning.ablation_stats import MIN_DROP, peak
+from hyperiqa.text import csv_number
+from tuning.run_stats import MIN_DROP, finite, peak
 
 # How a trial ended (trials.csv "ended" column).
 COMPLETED, ASHA, DECLINE, DIVERGED, ERROR = "completed", "stopped by ASHA", "stopped for decline", "diverged", "error"
@@ -76,8 +77,8 @@ def table(rows: list[TrialRow], metric: str, param_names: list[str], first: str 
     for row in sorted(rows, key=lambda r: (-r.best if math.isfinite(r.best) else math.inf, r.trial_id != first)):
         entry: dict[str, Any] = {"trial": row.trial_id}
         entry.update({name: row.params.get(name, "") for name in param_names})
-        entry.update({f"best_{metric}": _num(row.best), "best_epoch": row.best_epoch or "",
-                      f"last_{metric}": _num(row.last), "epochs_run": row.epochs_run, "ended": row.ended,
+        entry.update({f"best_{metric}": csv_number(row.best), "best_epoch": row.best_epoch or "",
+                      f"last_{metric}": csv_number(row.last), "epochs_run": row.epochs_run, "ended": row.ended,
                       "early_peak": str(early_peak(row.curve)).lower(), "message": row.message})
         out.append(entry)
     return out
@@ -93,7 +94,7 @@ def early_peak(curve: list[tuple[int, float]]) -> bool:
 
     True when the trial ran at least EARLY_PEAK_MIN_EPOCHS epochs, its peak (the first epoch reaching its
     highest finite value, as the ablation reads a run) lies in the first quarter of the epochs it ran, and
-    its last value is more than the ablation's MIN_DROP below that peak: tuning/ablation_stats.py's decline
+    its last value is more than the ablation's MIN_DROP below that peak: tuning/run_stats.py's decline
     rule on one curve (the part that compares the drop with the seed-to-seed spread needs several seeds).
     The quarter is of the epochs it ran, not of the planned maximum: a trial stopped at epoch 4 of 12 with
     its best at epoch 3 peaked late in what it showed, and one epoch of falling after it is noise. A curve
@@ -223,17 +224,8 @@ def _single_choice(dist) -> bool:
     return getattr(dist, "choices", None) is not None and len(dist.choices) == 1
 
 
-def finite(value) -> bool:
-    """A real number that is not NaN or infinite (a bool is not a metric value)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _float(value) -> float:
     return float(value) if finite(value) else math.nan
-
-
-def _num(value: float):
-    return round(value, 4) if math.isfinite(value) else ""
 
 
 def _fmt(value) -> str:

@@ -1,11 +1,11 @@
-"""summary.md of an ablation: the answer in sentences generated from the numbers (tuning/ablation_stats)."""
+"""summary.md of an ablation: the answer in sentences generated from the numbers (tuning/ablation/stats.py)."""
 
 from __future__ import annotations
 
 import math
 
-from tuning import ablation_stats as S
-from tuning.ablation_stats import pm
+from tuning.ablation import stats as S
+from tuning.ablation.stats import pm
 
 
 def answer(stats: list[S.VariantStats], config: dict) -> list[str]:

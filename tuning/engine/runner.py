@@ -16,8 +16,8 @@ from pathlib import Path
 
 from hyperiqa.config import TrainConfig
 from hyperiqa.utils import UserError
-from tuning import experiment_folder
-from tuning.options import (
+from tuning.engine import experiment_folder
+from tuning.engine.options import (
     absolute,
     check_dataset,
     check_name,
@@ -72,7 +72,7 @@ class RunSet:
 def make_runset(kind: str, runs: list[tuple[str, dict, TrainConfig]], args, *, metric: str, default_name: str,
                 settings: dict | None = None) -> RunSet:
     """Check every configuration for Ray (device, threads, GPU share, absolute paths) and its dataset."""
-    from tuning.options import resources
+    from tuning.engine.options import resources
 
     gpus, per_trial, cpus = resources(args, unit="run")
     ids = [run_id for run_id, _, _ in runs]
@@ -108,7 +108,7 @@ def load_runset(experiment_path: str) -> RunSet:
 def execute(runset: RunSet, *, resume: bool = False, fn=None) -> tuple[dict[str, list[dict]], bool]:
     """Run (or continue) every run on the Ray cluster already started; return collect()'s curves and
     whether the user stopped the runs with Ctrl-C (launch.fit)."""
-    from tuning import launch
+    from tuning.engine import launch
 
     kwargs = {"fn": fn} if fn else {}
     if resume:
@@ -141,7 +141,7 @@ def _reported(runset: RunSet) -> list[tuple[dict, list[dict]]]:
 
     damaged = experiment_folder.damaged_state(runset.experiment_path)
     if damaged is not None:
-        from tuning.trial_folders import read_trials
+        from tuning.engine.trial_folders import read_trials
 
         print(f"warning: {damaged}; read the runs from their own folders instead", flush=True)
         return [(t.config, t.epochs) for t in read_trials(runset.experiment_path)]

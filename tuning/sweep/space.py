@@ -39,7 +39,7 @@ import yaml
 from hyperiqa.config import ConfigError, TrainConfig
 from hyperiqa.utils import UserError, read_text
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 TYPES = ("uniform", "loguniform", "int", "choice")
 _PARAM_KEYS = {"type", "low", "high", "log", "step", "values", "when"}
 

@@ -1,7 +1,8 @@
 """What an ablation over the original's defects shows: per-run and per-variant statistics, and verdicts.
 
 No Ray imports: the input is the runs (id, labels, config) and each run's reported epochs, so the
-tables and the generated sentences are tested on synthetic curves. tuning/ablate.py runs the variants.
+tables and the generated sentences are tested on synthetic curves. tuning/ablation/experiment.py runs the variants;
+the statistics shared with the confirmation (peak, mean/SD, paired differences) are in tuning/run_stats.py.
 
 Per run, on image-level test SRCC: the peak (the first epoch reaching the run's highest value, as the
 solver picks its best epoch), the final value (last epoch), the drop from peak to final, and the test
@@ -19,15 +20,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tuning.run_stats import MIN_DROP, mean_sd, paired_differences, peak
+
 FIXED, ALL = "fixed", "all"
 # Switches that change learning rates only: whether they acted is read from the LRs the runs reported.
 LR_SWITCHES = ("backbone_lr_constant", "lr_ratio_reset", "lr_one_epoch_late")
 # A variant "declines" when its mean peak-to-final drop exceeds SPREAD_FACTOR x the seed-to-seed SD of
-# its final test SRCC (the drop is then larger than where different seeds end up anyway) and MIN_DROP,
-# and every seed drops by more than MIN_DROP (one seed's fall is not the variant's). MIN_DROP because
-# the maximum of a flat but noisy curve always lies a little above its last value.
+# its final test SRCC (the drop is then larger than where different seeds end up anyway) and MIN_DROP
+# (tuning/run_stats.py), and every seed drops by more than MIN_DROP (one seed's fall is not the variant's).
 SPREAD_FACTOR = 2.0
-MIN_DROP = 0.01
 # Verdicts (table column "verdict").
 DECLINES, FALLS_LATE, NO_DECLINE, NO_EFFECT, NO_DATA = (
     "declines after an early peak", "falls after a late peak", "no decline", "no effect", "no data")
@@ -105,15 +106,6 @@ def run_curve(run: dict, epochs: list[dict]) -> RunCurve:
                     list(zip(col("lr_backbone"), col("lr_head"))), col("train_image_srcc"))
 
 
-def peak(epochs: list[int], values: list[float]) -> tuple[int | None, float]:
-    """(first epoch reaching the highest finite value, that value); (None, NaN) if none is finite."""
-    best_epoch, best = None, math.nan
-    for epoch, value in zip(epochs, values):
-        if math.isfinite(value) and (best_epoch is None or value > best):
-            best_epoch, best = epoch, value
-    return best_epoch, best
-
-
 def run_stats(curve: RunCurve) -> RunStats:
     peak_epoch, top = peak(curve.epochs, curve.test)
     final = curve.test[-1] if curve.test else math.nan
@@ -122,20 +114,12 @@ def run_stats(curve: RunCurve) -> RunStats:
     return RunStats(peak_epoch, top, final, top - final, val_epoch, at_val)
 
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and sample SD (ddof 1) of the finite values; SD is NaN for fewer than two."""
-    xs = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if not len(xs):
-        return math.nan, math.nan
-    return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else math.nan
-
-
 def paired(variant: VariantStats, fixed: VariantStats | None, name: str) -> list[float]:
     """Per-seed differences variant - fixed of stat `name`, over the seeds both have."""
     if fixed is None:
         return []
-    seeds = sorted(set(variant.runs) & set(fixed.runs))
-    return [getattr(variant.runs[s], name) - getattr(fixed.runs[s], name) for s in seeds]
+    return paired_differences({s: getattr(r, name) for s, r in variant.runs.items()},
+                              {s: getattr(r, name) for s, r in fixed.runs.items()}, finite_only=False)
 
 
 def no_effect_reason(variant: str, curves: list[RunCurve], fixed: list[RunCurve], config: dict) -> str | None:

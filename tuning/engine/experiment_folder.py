@@ -1,5 +1,6 @@
 """The experiment folder of a search, ablation or confirmation: who may write it, whether Ray's state in
-it can be read, and what a full disk means for it. No Ray imports: all of this runs before Ray starts.
+it can be read, what a full disk means for it, and which is the newest of a kind (--resume without --name).
+No Ray imports: all of this runs before Ray starts.
 
 Ray writes its experiment state (experiment_state-<session>.json) in place, without a temporary file, one
 file per driver session: the first snapshot comes seconds after the Tuner starts, and a write that fails
@@ -18,13 +19,34 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hyperiqa.utils import UserError
-from tuning.options import is_uri
+from tuning.engine.options import is_uri
 
 LOCK_FILE = ".hyperiqa.lock"
 STATE_PATTERN = "experiment_state-*.json"
 # Below this much free space a failure that does not say ENOSPC (Ray's workers dying with an EOFError,
 # a truncated read) is still put down to the full disk.
 NEARLY_FULL_BYTES = 64 * 2**20
+
+
+def newest(storage: str, record_file: str, *, what: str, kind: str | None = None) -> str:
+    """The name of the newest experiment under `storage` that holds `record_file` (the search's plan or a
+    RunSet), of this `kind` when given (a RunSet's "kind": "ablate" or "confirm"); one line if there is none."""
+    if is_uri(storage):
+        raise UserError("--resume with a remote --storage-path needs --name")
+    found = sorted(Path(storage).glob(f"*/{record_file}"), key=lambda p: p.stat().st_mtime)
+    if kind is not None:
+        found = [p for p in found if _kind(p) == kind]
+    if not found:
+        raise UserError(f"--resume: no {what} under {storage}; give --storage-path and --name")
+    return found[-1].parent.name
+
+
+def _kind(record: Path) -> str | None:
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("kind") if isinstance(data, dict) else None
 
 
 def has_state(experiment_path: str) -> bool:

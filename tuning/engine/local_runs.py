@@ -25,11 +25,12 @@ from pathlib import Path
 
 from hyperiqa.checkpoint import CONFIG, TRAINER_STATE
 from hyperiqa.config import TrainConfig
+from hyperiqa.text import fmt
 from hyperiqa.utils import UserError
-from tuning.options import is_uri
-from tuning.runner import RunSet, save_runset
+from tuning.engine.options import is_uri
+from tuning.engine.runner import RunSet, save_runset
 
-ROOT = Path(__file__).resolve().parent.parent  # the children import this checkout's hyperiqa
+ROOT = Path(__file__).resolve().parents[2]  # the children import this checkout's hyperiqa
 LOG, METRICS = "train.log", "metrics.jsonl"
 FINISHED = ("completed", "early_stopped", "diverged")  # the solver's statuses after which a run is done
 POLL_S = 0.5
@@ -221,8 +222,8 @@ def _report_epochs(job: Job, out, start: float) -> None:
     """One line per epoch the run finished since the last look."""
     epochs = read_epochs(job.folder)
     for m in epochs[job.reported:]:
-        out(f"{job.run_id}: epoch {int(m['epoch'])}/{job.epochs}  val srcc {_num(m.get('val_srcc'))}  test srcc "
-            f"{_num(m.get('test_srcc'))}  [{m.get('status')}]  run {_mmss(time.monotonic() - job.started)}, "
+        out(f"{job.run_id}: epoch {int(m['epoch'])}/{job.epochs}  val srcc {fmt(m.get('val_srcc'), finite_only=True)}  test srcc "
+            f"{fmt(m.get('test_srcc'), finite_only=True)}  [{m.get('status')}]  run {_mmss(time.monotonic() - job.started)}, "
             f"all {_mmss(time.monotonic() - start)}", flush=True)
     job.reported = max(job.reported, len(epochs))
 
@@ -270,10 +271,6 @@ def _tail(path: Path) -> str:
     except OSError:
         return "    (no log)"
     return "\n".join("    " + line for line in lines[-LOG_TAIL_LINES:])
-
-
-def _num(value) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
 
 
 def _mmss(seconds: float) -> str:

@@ -1,34 +1,47 @@
-"""ASHA and Optuna as a HyperIQA search needs them (Ray 2.60 behaviour noted where it is changed).
+"""Optuna as a HyperIQA search needs it (Ray 2.60 behaviour noted where it is changed): the searcher and its sampler.
 
 - Ray's OptunaSearch tells Optuna a trial's LAST value. A trial stopped for decline ends `patience`
   epochs after its peak, so the searcher would learn a worse value than the export ranks it by; a
   diverged trial ends on NaN, which Optuna 5 refuses (the Optuna trial then stays RUNNING). Here the
   searcher learns each trial's best finite value; a trial with none, or one that diverged, is PRUNED;
-  one that could not start (tuning.trainable.FAILED) or errored is FAIL. Per-epoch values become
+  one that could not start (tuning.engine.trainable.FAILED) or errored is FAIL. Per-epoch values become
   Optuna intermediate values at step = epoch.
 - With an RDB storage (--optuna-storage) the study lives in the database, and the searcher state Ray
   pickles with the experiment holds only a connection to it. That pickle can lag the database by the
   last seconds before a driver died: a trial told there but not in the pickle (telling it again
   raises), or a trial asked there whose Ray trial was never recorded (it would stay RUNNING for good).
   `restore` reconciles both. Each Optuna trial carries its Ray trial id (user attr `ray_trial_id`).
-- ASHA compares with nanpercentile, and `nan < cutoff` is False: a NaN trial would never be stopped.
-  Here a non-finite value counts as METRIC_FLOOR at the rungs.
-- Ray does not save ASHA's rungs in the experiment state: a resumed search compared resumed trials
-  against nothing. `replay` records a trial's past results in the rungs, as ASHA saw them.
 """
 
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
-from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tuning.report import finite
-from tuning.trainable import FAILED
+from tuning.engine import ray_private
+from tuning.engine.trainable import FAILED
+from tuning.run_stats import finite
+from tuning.sweep.plan import Plan
 
-METRIC_FLOOR = -1.0  # every selection metric is a correlation in [-1, 1]; undefined ranks below all
+
+def make_searcher(plan: Plan) -> BestValueOptunaSearch:
+    import optuna
+
+    if plan.searcher == "random":
+        sampler = optuna.samplers.RandomSampler(seed=plan.seed)
+    else:  # TPE, after a few random trials (fewer than optuna's 10 so that small searches still use TPE)
+        sampler = optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=min(10, max(3, plan.num_samples // 3)))
+    space = plan.search_space
+    # --optuna-storage: the study lives in that database under the experiment's name (optuna-dashboard
+    # shows it while the search runs); otherwise in memory, pickled with the experiment's searcher state.
+    storage = optuna.storages.RDBStorage(plan.optuna_storage) if plan.optuna_storage else None
+    # Start points are enqueued in the study up front: those beyond --num-samples would never run and
+    # would stay WAITING in a stored study.
+    start = [dict(p) for p in space.start[:plan.num_samples]]
+    return BestValueOptunaSearch(space=space, metric=plan.metric, mode="max", sampler=sampler,
+                                 points_to_evaluate=start or None,
+                                 storage=storage, study_name=plan.name if storage else None)
 
 
 class BestValueOptunaSearch(OptunaSearch):
@@ -40,41 +53,41 @@ class BestValueOptunaSearch(OptunaSearch):
         self._steps: dict[str, set[int]] = {}
         self._diverged: set[str] = set()
 
-    def _setup_study(self, mode) -> None:
+    def study_created(self) -> None:
+        """Called once Ray's OptunaSearch has created or loaded the study (ray_private.after_study_setup)."""
         import warnings
 
         import optuna
 
-        super()._setup_study(mode)
         with warnings.catch_warnings():  # experimental since optuna 3.2, still so in 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._ot_study.set_metric_names([self._metric])  # optuna-dashboard labels the objective with it
+            ray_private.optuna_study(self).set_metric_names([self.metric])  # optuna-dashboard labels the objective with it
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
-        if trial_id in self._ot_trials:  # which Ray trial this is, for optuna-dashboard and the tests
-            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        if trial_id in ray_private.optuna_trials(self):  # which Ray trial this is, for optuna-dashboard and the tests
+            ray_private.optuna_trials(self)[trial_id].set_user_attr("ray_trial_id", trial_id)
         return config
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
-        if self._storage is not None:
+        if ray_private.optuna_storage(self) is not None:
             self._reconcile_with_storage()
 
     def _reconcile_with_storage(self) -> None:
         import optuna
 
-        stored = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
-        known = {trial_id: ot.number for trial_id, ot in self._ot_trials.items()}
+        stored = {t.number: t for t in ray_private.optuna_study(self).get_trials(deepcopy=False)}
+        known = {trial_id: ot.number for trial_id, ot in ray_private.optuna_trials(self).items()}
         for trial_id, number in known.items():
             if stored[number].state.is_finished():  # told after the pickle was written: its value stands
-                self._completed_trials.add(trial_id)
+                ray_private.optuna_completed(self).add(trial_id)
         for number, trial in stored.items():
             if trial.state == optuna.trial.TrialState.RUNNING and number not in known.values():
-                self._ot_study.tell(number, state=optuna.trial.TrialState.FAIL)  # asked, never run
+                ray_private.optuna_study(self).tell(number, state=optuna.trial.TrialState.FAIL)  # asked, never run
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in ray_private.optuna_completed(self) or trial_id not in ray_private.optuna_trials(self):
             return
         value, epoch = result.get(self.metric), result.get("epoch")
         if result.get("status") == "diverged":
@@ -85,12 +98,12 @@ class BestValueOptunaSearch(OptunaSearch):
         steps = self._steps.setdefault(trial_id, set())
         if finite(epoch) and int(epoch) not in steps:  # a resumed trial may report an epoch again
             steps.add(int(epoch))
-            self._ot_trials[trial_id].report(float(value), int(epoch))
+            ray_private.optuna_trials(self)[trial_id].report(float(value), int(epoch))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import optuna
 
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in ray_private.optuna_completed(self) or trial_id not in ray_private.optuna_trials(self):
             return
         if result:
             self.on_trial_result(trial_id, result)
@@ -104,36 +117,9 @@ class BestValueOptunaSearch(OptunaSearch):
         else:
             state, value = State.COMPLETE, best
         self._diverged.discard(trial_id)
-        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
-        self._completed_trials.add(trial_id)
+        ray_private.optuna_study(self).tell(ray_private.optuna_trials(self)[trial_id], value, state=state)
+        ray_private.optuna_completed(self).add(trial_id)
 
 
-class ResumableASHA(ASHAScheduler):
-    """ASHA (one bracket) that ranks undefined values last and can be refilled after a resume."""
-
-    def __init__(self, **kwargs):
-        super().__init__(brackets=1, **kwargs)
-
-    def _scored(self, result: dict) -> dict:
-        if self._metric in result and not finite(result[self._metric]):
-            return {**result, self._metric: METRIC_FLOOR}
-        return result
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        return super().on_trial_result(tune_controller, trial, self._scored(result))
-
-    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        super().on_trial_complete(tune_controller, trial, self._scored(result))
-
-    def replay(self, trial_id: str, curve: list[tuple[int, float]]) -> None:
-        """Record `curve` ((epoch, metric) in epoch order) in the rungs exactly as live results would be."""
-        stand_in = SimpleNamespace(trial_id=trial_id)
-        bracket = self._brackets[0]
-        # Tune gives the scheduler its metric and mode when the run starts; searches here always maximise.
-        op = self._metric_op if self._metric_op is not None else 1.0
-        for epoch, value in curve:
-            bracket.on_result(stand_in, epoch, op * (value if finite(value) else METRIC_FLOOR))
-
-    def rungs(self) -> dict[int, dict[str, float]]:
-        """{milestone epoch: {trial_id: recorded value}}, for tests and the debug log."""
-        return {int(milestone): dict(recorded) for milestone, recorded in self._brackets[0]._rungs}
+# the study gets its metric name as soon as Ray has created it
+ray_private.after_study_setup(BestValueOptunaSearch, BestValueOptunaSearch.study_created)

@@ -1,4 +1,7 @@
-"""Ray side of a search: start or join Ray, check resources, build or restore the Tuner."""
+"""Ray for every experiment: start or join Ray, check resources, the run settings, fixed-configuration Tuners.
+
+A search's own Tuner (searcher, scheduler) is built in tuning/sweep/tuner.py on top of these.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +10,17 @@ import ipaddress
 import json
 import math
 import os
-import signal
-import threading
 import urllib.request
 from pathlib import Path
 
 import ray
-import ray._private.ray_constants as ray_constants
 from ray import tune
 
 from hyperiqa.utils import UserError
-from tuning import report, retention, tracking
-from tuning.plan import Plan
-from tuning.schedulers import BestValueOptunaSearch, ResumableASHA
-from tuning.trainable import FAILED, fixed_trial, train_trial
+from tuning.engine import ray_private, retention, tracking
+from tuning.engine.trainable import FAILED, fixed_trial
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 KEEP_CHECKPOINTS = 2  # per trial, ranked by the metric: the best epoch survives (see trainable.restore)
 DEFAULT_DASHBOARD_HOST = "127.0.0.1"
 
@@ -48,7 +46,7 @@ def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: i
                 "token in ~/.ray/auth_token can run code on this machine; keep it on a trusted network")
         kwargs.update(include_dashboard=True, dashboard_host=host, dashboard_port=dashboard_port)
     try:
-        with contextlib.nullcontext() if address else _loopback_node():
+        with contextlib.nullcontext() if address else ray_private.single_node_mode():
             context = ray.init(**kwargs)
     except ray.exceptions.AuthenticationError as exc:
         raise UserError(f"--address {address}: the cluster uses token authentication and refused this "
@@ -65,26 +63,6 @@ def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: i
         log(f"Ray dashboard: not started, its packages are missing ({missing}); pip install 'ray[default]'")
     else:
         log("Ray dashboard: not running on this cluster (start the head with `ray start --head --include-dashboard=true`)")
-
-
-@contextlib.contextmanager
-def _loopback_node():
-    """A Ray started meanwhile takes 127.0.0.1 as its node IP, so its servers listen on loopback only.
-
-    Ray 2.60 on Linux resolves a node IP of 127.0.0.1 (also an explicit `_node_ip_address`) to the machine's
-    routable address; then GCS, raylet, object manager and worker gRPC listen on [::], the agents and the
-    Prometheus endpoints on 0.0.0.0 or that address. With ENABLE_RAY_CLUSTER off (Ray's single-node mode, as
-    on macOS; the env var RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER sets it, but only when Ray is imported) the node IP
-    is 127.0.0.1, and every process Ray starts binds loopback. Its children take the IP from their command
-    line, so the switch is needed only while ray.init() starts them. Joining a cluster takes the IP from the
-    node it joins, whatever the switch.
-    """
-    previous = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = previous
 
 
 def dashboard_auth_mode(url: str, timeout: float = 3.0) -> str | None:
@@ -122,8 +100,8 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def max_concurrent(plan: Plan) -> int:
-    """Trials that fit at once: bounded by --gpus (the user's total), the cluster, and what one node holds."""
+def max_concurrent(plan) -> int:
+    """Trials (of a sweep Plan or a runner.RunSet) that fit at once: bounded by --gpus (the user's total), the cluster, and what one node holds."""
     resources = ray.cluster_resources()
     have_gpus = resources.get("GPU", 0.0)
     if plan.gpus > have_gpus:
@@ -152,35 +130,6 @@ def check_fits_one_node(cpus: float, gpus: float, nodes: list[dict]) -> None:
                     f"one trial (nodes: {sizes}); a trial runs on a single node")
 
 
-def make_trainable(plan: Plan, fn=train_trial):
-    trainable = tune.with_parameters(fn, base=plan.base, space=plan.search_space, metric=plan.metric)
-    return tune.with_resources(trainable, {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
-
-
-def make_searcher(plan: Plan) -> BestValueOptunaSearch:
-    import optuna
-
-    if plan.searcher == "random":
-        sampler = optuna.samplers.RandomSampler(seed=plan.seed)
-    else:  # TPE, after a few random trials (fewer than optuna's 10 so that small searches still use TPE)
-        sampler = optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=min(10, max(3, plan.num_samples // 3)))
-    space = plan.search_space
-    # --optuna-storage: the study lives in that database under the experiment's name (optuna-dashboard
-    # shows it while the search runs); otherwise in memory, pickled with the experiment's searcher state.
-    storage = optuna.storages.RDBStorage(plan.optuna_storage) if plan.optuna_storage else None
-    # Start points are enqueued in the study up front: those beyond --num-samples would never run and
-    # would stay WAITING in a stored study.
-    start = [dict(p) for p in space.start[:plan.num_samples]]
-    return BestValueOptunaSearch(space=space, metric=plan.metric, mode="max", sampler=sampler,
-                                 points_to_evaluate=start or None,
-                                 storage=storage, study_name=plan.name if storage else None)
-
-
-def make_scheduler(plan: Plan) -> ResumableASHA:
-    return ResumableASHA(time_attr="epoch", max_t=plan.max_epochs, grace_period=plan.grace_period,
-                         reduction_factor=plan.reduction_factor)  # metric and mode come from TuneConfig
-
-
 class FailedTrialReporter(tune.Callback):
     """One line on the driver when a trial could not start on its node (its message names node and path)."""
 
@@ -190,8 +139,8 @@ class FailedTrialReporter(tune.Callback):
 
 
 class RetentionCallback(tune.Callback):
-    """--keep-checkpoints best/top-K while the search runs (tuning/retention.py): after each checkpoint, the
-    trial's older ones lose their optimizer state; a trial that ended keeps its best epoch's weights only.
+    """--keep-checkpoints best/top-K while the search runs (tuning/engine/retention.py): after each checkpoint,
+    the trial's older ones lose their optimizer state; a trial that ended keeps its best epoch's weights only.
     A failed deletion is a warning: it must not stop Ray from registering the checkpoint."""
 
     def __init__(self, metric: str):
@@ -222,11 +171,11 @@ def tracking_callbacks(plan) -> list:
 
         callbacks.append(TBXLoggerCallback())
     if "mlflow" in tools:
-        from tuning.ray_callbacks import MLflowTrialRuns
+        from tuning.engine.ray_callbacks import MLflowTrialRuns
 
         callbacks.append(MLflowTrialRuns(tracking_uri=plan.mlflow_uri, experiment_name=plan.name))
     if "wandb" in tools:
-        from tuning.ray_callbacks import WandbTrialRuns
+        from tuning.engine.ray_callbacks import WandbTrialRuns
 
         # resume="allow": a trial continued by --resume logs on to its own run (id = the trial id).
         # WANDB_MODE is passed on because the logging actors may start under another environment
@@ -256,72 +205,9 @@ def retention_callbacks(plan) -> list:
     return [] if keep == retention.ALL else [RetentionCallback(plan.metric)]
 
 
-def build_tuner(plan: Plan, fn=train_trial) -> tune.Tuner:
-    """A new search; `fn` replaces the training function in tests only."""
-    tune_config = tune.TuneConfig(metric=plan.metric, mode="max", search_alg=make_searcher(plan),
-                                  scheduler=make_scheduler(plan), num_samples=plan.num_samples,
-                                  max_concurrent_trials=max_concurrent(plan),
-                                  # a finished trial's worker runs the next one: no new process, torch
-                                  # and timm already imported (seconds per trial on a small CPU machine)
-                                  reuse_actors=True)
-    return tune.Tuner(make_trainable(plan, fn), tune_config=tune_config, run_config=run_config(plan))
-
-
-def restore_tuner(plan: Plan, fn=train_trial) -> tune.Tuner:
-    """Continue an experiment: finished trials stay finished, unfinished and errored ones resume from checkpoints.
-
-    Ray restores the TuneConfig written when the experiment was created: ASHA with empty rungs and the
-    concurrency of that moment. Both are replaced: the rungs refilled from the trials' saved results,
-    the concurrency recomputed for the cluster as it is now.
-    """
-    if not tune.Tuner.can_restore(plan.experiment_path):
-        raise UserError(f"--resume: {plan.experiment_path} holds no Ray Tune experiment state to resume")
-    concurrency = max_concurrent(plan)
-    scheduler = make_scheduler(plan)
-    for trial_id, epochs in saved_results(plan).items():
-        scheduler.replay(trial_id, report.curve(epochs, plan.metric))
-    tuner = tune.Tuner.restore(plan.experiment_path, trainable=make_trainable(plan, fn), resume_errored=True)
-    config = _restored_tune_config(tuner)
-    config.scheduler, config.max_concurrent_trials = scheduler, concurrency
-    return tuner
-
-
-def saved_results(plan: Plan) -> dict[str, list[dict]]:
-    """Every trial's reported results, from the experiment's storage (local folder or URI)."""
-    analysis = tune.ExperimentAnalysis(plan.experiment_path, default_metric=plan.metric, default_mode="max")
-    frames = analysis.trial_dataframes
-    return {t.trial_id: frames[t.trial_id].to_dict("records") for t in analysis.trials
-            if t.trial_id in frames and len(frames[t.trial_id])}
-
-
-def _restored_tune_config(tuner: tune.Tuner) -> tune.TuneConfig:
-    # Ray 2.60 has no public way to give a restored Tuner a new scheduler or concurrency limit; the
-    # TuneConfig it will run with is this attribute (ray/tune/impl/tuner_internal.py). Pinned in pyproject.
-    config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
-    if not isinstance(config, tune.TuneConfig):
-        raise RuntimeError(f"ray {ray.__version__}: cannot reach the restored Tuner's TuneConfig; "
-                           "this project needs ray 2.60.0")
-    return config
-
-
 def fit(tuner: tune.Tuner) -> bool:
-    """Run the tuner; True if the user stopped it (Ctrl-C: SIGINT).
-
-    Tune catches the first SIGINT itself: it ends the run, saves its state, returns from fit() as after
-    a finished run and keeps its flag to itself (ray/tune/tune.py, _setup_signal_catching). What shows is
-    the SIGINT handler: Tune puts back the one it found when the signal comes, and leaves its own in place
-    otherwise. Tune installs one only in the main thread and without TUNE_DISABLE_SIGINT_HANDLER (a SIGINT
-    then raises KeyboardInterrupt as usual). Ray pinned in pyproject; tests/test_search_scripted.py checks it.
-    """
-    main = threading.current_thread() is threading.main_thread()
-    before = signal.getsignal(signal.SIGINT)
-    try:
-        tuner.fit()
-    finally:
-        after = signal.getsignal(signal.SIGINT)
-        if main and before is not None:  # a later Ctrl-C (the export) must stop us, not reach the finished run
-            signal.signal(signal.SIGINT, before)
-    return main and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")) and after is before
+    """Run the tuner; True if the user stopped it with Ctrl-C (see ray_private.fit_stopped_by_sigint)."""
+    return ray_private.fit_stopped_by_sigint(tuner)
 
 
 def build_fixed_tuner(runset, fn=fixed_trial) -> tune.Tuner:
@@ -336,7 +222,7 @@ def restore_fixed_tuner(runset, fn=fixed_trial) -> tune.Tuner:
         raise UserError(f"--resume: {runset.experiment_path} holds no Ray Tune experiment state to resume")
     concurrency = max_concurrent(runset)
     tuner = tune.Tuner.restore(runset.experiment_path, trainable=_fixed_trainable(runset, fn), resume_errored=True)
-    _restored_tune_config(tuner).max_concurrent_trials = concurrency
+    ray_private.restored_tune_config(tuner).max_concurrent_trials = concurrency
     return tuner
 
 

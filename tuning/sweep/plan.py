@@ -17,8 +17,8 @@ from typing import Any
 
 from hyperiqa.config import TrainConfig, parse_assignments
 from hyperiqa.utils import UserError, read_text
-from tuning import crosseval, tracking
-from tuning.options import (
+from tuning.engine import tracking
+from tuning.engine.options import (
     absolute,
     at_least,
     base_config,
@@ -26,43 +26,22 @@ from tuning.options import (
     check_name,
     finite,
     for_ray,
+    read_experiment_file,
     resources,
     writable_storage,
+    write_experiment_file,
 )
-from tuning.space import SearchSpace, load_space, parse_space
+from tuning.presets import (  # noqa: F401  (the defaults' names, read here too)
+    DEMO_GRACE_PERIOD,
+    DEMO_MAX_EPOCHS,
+    PHOTOS_GRACE_PERIOD,
+    PHOTOS_MAX_EPOCHS,
+    PRESET_SEARCHES,
+)
+from tuning.sweep import crosseval
+from tuning.sweep.space import SearchSpace, load_space, parse_space
 
 SEARCH_FILE = "hyperiqa_search.json"
-# The demo space halves an epoch (3 patches per image; its cost: docs/demos.md) so that ASHA's rungs
-# and the selected epoch fall on a finer grid. With a cosine schedule, 12 of them take timm's tiny
-# test_resnet from random init to val SRCC ~0.87 (8: ~0.84), see search_spaces/demo.yaml.
-DEMO_MAX_EPOCHS = 12
-# The demo's first epochs from random init rank trials by how fast they start, not by where they end.
-# bench/search_quality.py (8 trials of random search run to the end, seeds 0 and 1) found a trial's val
-# SRCC after epoch 1 a poor predictor of its best and a good one after epoch 4, and ASHA with a grace
-# period of 1 stopping the trial that ended best (the figures, and when they were measured:
-# docs/search-quality.md). So the demo's first rung is at epoch 4 (two of demo_config()'s epochs).
-# Other datasets (pretrained backbones; not measured here) keep max_epochs // 8.
-DEMO_GRACE_PERIOD = 4
-# The photos miniature (photos_config(): pretrained EfficientNet-Lite0, paper optimisation): sized from
-# its epoch's cost on one core so that 8 trials of up to 8 epochs, two at a time, under ASHA with rungs
-# at 2, 4 and 8 fit 20 minutes on 2 cores (the epoch's cost and the search's measured time: docs/demos.md).
-PHOTOS_MAX_EPOCHS, PHOTOS_GRACE_PERIOD = 8, 2
-
-
-@dataclass(frozen=True)
-class PresetSearch:
-    """What a search on a preset dataset (config.PRESETS) defaults to."""
-
-    space: str
-    max_epochs: int
-    grace_period: int
-    num_samples: int
-
-
-PRESET_SEARCHES = {"demo": PresetSearch("demo", DEMO_MAX_EPOCHS, DEMO_GRACE_PERIOD, 8),
-                   "photos": PresetSearch("photos", PHOTOS_MAX_EPOCHS, PHOTOS_GRACE_PERIOD, 8)}
-
-
 @dataclass(frozen=True)
 class Plan:
     base: dict            # TrainConfig.to_dict() every trial starts from (before the space's fixed/sampled values)
@@ -82,13 +61,13 @@ class Plan:
     name: str
     export_dir: str
     max_concurrent: int | None = None  # None: as many trials at once as the resources allow
-    # tracking and integrations (tuning/tracking.py, tuning/crosseval.py); plans saved before them load with these
+    # tracking and integrations (tuning/engine/tracking.py, tuning/sweep/crosseval.py); plans saved before them load with these
     log_to: list = field(default_factory=list)   # tensorboard, mlflow, wandb
     mlflow_uri: str | None = None
     wandb_project: str | None = None
     optuna_storage: str | None = None
     cross: list = field(default_factory=list)    # [[dataset name, absolute root], ...]
-    keep_checkpoints: str = "best"  # tuning/retention.py; plans saved before it load with the default
+    keep_checkpoints: str = "best"  # tuning/engine/retention.py; plans saved before it load with the default
 
     @property
     def base_config(self) -> TrainConfig:
@@ -151,7 +130,7 @@ def make_plan(args) -> Plan:
 
 
 def _keep(args) -> str:
-    from tuning import retention
+    from tuning.engine import retention
 
     try:
         return retention.parse_keep(getattr(args, "keep_checkpoints", None) or retention.DEFAULT_KEEP)
@@ -192,3 +171,12 @@ def describe_defaults() -> dict[str, str]:
             "max_epochs": f"{each('max_epochs')}, else the base configuration's epochs (16 unless --set)",
             "grace_period": f"{each('grace_period')}, else max(1, max_epochs // 8)",
             "patience": "the base configuration's patience if set (--set patience=N), else max(3, max_epochs // 4)"}
+
+
+def load_plan(experiment_path: str) -> Plan:
+    text = read_experiment_file(experiment_path, SEARCH_FILE, written_by="tuning/search.py")
+    return Plan.from_json(text, source=f"{experiment_path}/{SEARCH_FILE}")
+
+
+def save_plan(plan: Plan) -> None:
+    write_experiment_file(plan.experiment_path, SEARCH_FILE, plan.to_json())
