@@ -20,4 +20,4 @@ def test_an_unknown_name_under_an_old_path_says_where_the_module_went():
     import tuning.report as old
 
     with pytest.raises(AttributeError, match=r"tuning.report \(moved to tuning.sweep.trials_report\) has no 'nope'"):
-        old.nope
+        _ = old.nope
