@@ -109,6 +109,10 @@ def load_resume_state(directory: Path) -> dict:
     """The full Solver state of a checkpoint folder, refusing one that is incomplete or mixes two epochs."""
     directory = Path(directory)
     missing = [name for name in FILES if not (directory / name).is_file()]
+    if missing == [TRAINER_STATE]:  # weights only: an export, or a search's ended trial (--keep-checkpoints)
+        raise UserError(f"checkpoint {directory} holds weights but no optimizer state ({TRAINER_STATE}): it can "
+                        f"be evaluated, predicted with and converted, not resumed. A search keeps optimizer "
+                        f"state only in a running trial's newest checkpoint (--keep-checkpoints best or top-K)")
     if missing and len(missing) < len(FILES):  # none at all: load_trainer_state says it is no checkpoint
         raise UserError(f"checkpoint {directory} is incomplete (no {', '.join(missing)}): its save was "
                         f"interrupted; resume from another checkpoint or start the run again")

@@ -38,16 +38,29 @@ def _report(metrics: dict, checkpoint: bool = True, files: dict | None = None) -
 
 
 def _restored_epoch(files: dict | None = None) -> int:
-    """The epoch of the checkpoint Ray hands back; with `files`, the checkpoint must hold all of them, as the
-    real trial needs its weights and trainer state to resume."""
+    """The epoch of the checkpoint this trial resumes from. With `files`, as the real trial does
+    (trainable.restore): the trial's newest folder holding all of them (weights and trainer state), since
+    Ray's snapshot may name an older one whose optimizer state --keep-checkpoints has already deleted."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return 0
-    with checkpoint.as_directory() as folder:
-        missing = [name for name in files or {} if not (Path(folder) / name).is_file()]
-        if missing:
-            raise RuntimeError(f"checkpoint {checkpoint.path} cannot be resumed: no {', '.join(missing)}")
-        return int(json.loads((Path(folder) / "metrics.json").read_text())["epoch"])
+    if not files:
+        with checkpoint.as_directory() as folder:
+            return int(json.loads((Path(folder) / "metrics.json").read_text())["epoch"])
+    from tuning.engine.trainable import restore
+
+    class Loader:  # stands in for the Solver: a folder loads when it holds every file the trial writes
+        epoch = 0
+
+        def load_checkpoint(self, folder) -> None:
+            missing = [name for name in files if not (Path(folder) / name).is_file()]
+            if missing:
+                raise RuntimeError(f"{folder} cannot be resumed: no {', '.join(missing)}")
+            self.epoch = int(json.loads((Path(folder) / "metrics.json").read_text())["epoch"])
+
+    loader = Loader()
+    restore(loader, checkpoint)
+    return loader.epoch
 
 
 def gpu_probe(config, *, base, space, metric, barrier: str, expected: int, total_memory_gib: float) -> None:

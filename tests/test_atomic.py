@@ -76,6 +76,10 @@ def test_resume_refuses_an_incomplete_folder_and_one_that_mixes_two_epochs(tiny_
     (tmp_path / "two" / ckpt.METRICS).unlink()
     with pytest.raises(UserError, match=r"two is incomplete \(no metrics.json\)"):
         Solver(tiny_cfg(epochs=2), log=quiet).load_checkpoint(tmp_path / "two")
+    (tmp_path / "one" / ckpt.TRAINER_STATE).unlink()  # an export, or an ended trial under --keep-checkpoints
+    with pytest.raises(UserError, match=r"one holds weights but no optimizer state \(trainer_state.pt\): it can "
+                                        r"be evaluated, predicted with and converted, not resumed"):
+        Solver(tiny_cfg(epochs=2), log=quiet).load_checkpoint(tmp_path / "one")
 
 
 def test_saving_into_an_existing_empty_folder_works(tiny_cfg, tmp_path):

@@ -162,13 +162,14 @@ def test_cross_dataset_table_in_metrics_json_and_summary(tracked):
 
 
 def test_reexport_repeats_the_saved_cross_datasets_and_the_export_flag_replaces_them(tracked, tmp_path, capsys):
-    from tuning.sweep import export_folder as export
+    from tuning import export
+    from tuning.sweep import export_folder
 
     assert export.main([str(tracked["experiment"]), "--out", str(tmp_path / "one"), "--cross",
                         f"kadid10k={tracked['cross']['kadid10k']}"]) == 0
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())["cross_dataset"]
     assert [e["dataset"] for e in one] == ["kadid10k"]
-    again = export.export_experiment(str(tracked["experiment"]), str(tmp_path / "two"), log=lambda *_: None,
+    again = export_folder.export_experiment(str(tracked["experiment"]), str(tmp_path / "two"), log=lambda *_: None,
                                      progress=lambda *_: None)
     assert [e["dataset"] for e in again.cross] == ["tid2013", "kadid10k"]
 

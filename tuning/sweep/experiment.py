@@ -63,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the experiment --name (default: the newest under --storage-path); finished "
                         "trials are kept, unfinished ones continue from their checkpoints")
     o.add_argument("--export-dir", metavar="DIR", help="export folder (default exports/<name>)")
-    o.add_argument("--keep-checkpoints", metavar="POLICY", default="best",
-                   help="what the trials' checkpoints keep: all (every kept epoch with its optimizer state); "
-                        "best (default: optimizer state only in a running trial's latest checkpoint, an ended "
+    o.add_argument("--keep-checkpoints", metavar="POLICY", default="all",
+                   help="what the trials' checkpoints keep: all (default: every kept epoch with its optimizer "
+                        "state); best (optimizer state only in a running trial's latest checkpoint, an ended "
                         "trial keeps its best epoch's weights); top-K (as best, and after the export of a "
                         "finished search only the K best trials keep weights). docs/scale.md")
     tracking.add_flags(p)
