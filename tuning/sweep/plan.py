@@ -81,8 +81,8 @@ class Plan:
     def experiment_path(self) -> str:
         return f"{self.storage_path.rstrip('/')}/{self.name}"
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+    def to_json(self) -> str:  # unsorted: the space's parameters keep their order (their sampling order)
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str, *, source: str) -> Plan:

@@ -16,12 +16,13 @@ Schema (every key is optional; a space without params runs its fixed configurati
 
 Types: `uniform` and `loguniform` (floats; optional `step` for uniform), `int` (optional `log: true`,
 `step`), `choice` (`values`: a list of numbers, strings or booleans). `when: {other: value}` (or
-`{other: [v1, v2]}`) samples a parameter only when an earlier parameter took one of those values;
+`{other: [v1, v2]}`) samples a parameter only when another parameter took one of those values (the
+parameters are sampled in the file's order, moved where needed so that `other` comes first);
 otherwise the base configuration's value stays. A start point may leave parameters out (they are
 sampled) but may not set a conditional parameter whose condition it does not meet.
 
 Everything is checked before Ray starts: an unknown parameter (not a TrainConfig field), an unknown
-type or key, low > high, a bound <= 0 on a log scale, a `when` naming an unknown or later parameter,
+type or key, low > high, a bound <= 0 on a log scale, a `when` naming an unknown parameter (or a cycle),
 bounds TrainConfig rejects, or a start point outside the space raise one SpaceError naming the file
 and the key.
 """
@@ -154,7 +155,8 @@ def parse_space(data: Any, *, source: str) -> SearchSpace:
     if not isinstance(raw_params, dict):
         raise SpaceError(f"{source}: params: expected a mapping of TrainConfig fields to distributions")
     params: list[Param] = []
-    for name, spec in raw_params.items():
+    for name in _conditions_first(raw_params, source):
+        spec = raw_params[name]
         params.append(_parse_param(str(name), spec, [p.name for p in params], f"{source}: params.{name}"))
         if name in fixed:
             raise SpaceError(f"{source}: params.{name}: also set in fixed; a value is either fixed or searched")
@@ -165,6 +167,26 @@ def parse_space(data: Any, *, source: str) -> SearchSpace:
     for i, point in enumerate(start):
         _check_point(space, point, f"{source}: start[{i}]")
     return space
+
+
+def _conditions_first(raw_params: dict, source: str) -> list:
+    """The parameters' names in their given order, except that each comes after those its `when` names.
+    A record whose keys were sorted (a plan.json) then reads like the file it was written from."""
+    def parents(name) -> list:
+        spec = raw_params[name]
+        when = spec.get("when") if isinstance(spec, dict) else None
+        return [p for p in when if p in raw_params and p != name] if isinstance(when, dict) else []
+
+    ordered: list = []
+    pending = list(raw_params)
+    while pending:
+        ready = [n for n in pending if all(p in ordered for p in parents(n))]
+        if not ready:
+            raise SpaceError(f"{source}: params: {', '.join(map(str, pending))}: their 'when' conditions name "
+                             "each other in a cycle")
+        ordered.append(ready[0])
+        pending.remove(ready[0])
+    return ordered
 
 
 def _parse_param(name: str, spec: Any, earlier: list[str], where: str) -> Param:
@@ -212,7 +234,7 @@ def _parse_when(when: Any, earlier: list[str], where: str) -> tuple:
     out = []
     for other, allowed in when.items():
         if other not in earlier:
-            raise SpaceError(f"{where}.{other}: not a parameter listed before this one in params")
+            raise SpaceError(f"{where}.{other}: not another parameter in params")
         out.append((str(other), tuple(allowed) if isinstance(allowed, list) else (allowed,)))
     return tuple(out)
 
