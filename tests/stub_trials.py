@@ -7,9 +7,11 @@ the solver's keys and writes a checkpoint folder holding metrics.json, as the re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ from hyperiqa.config import TrainConfig
 # fails on its count); generous because starting a Ray worker on a loaded 2-core machine can take tens of
 # seconds, and a probe that gives up early would make the count depend on the machine's speed.
 BARRIER_S = 180
+PAUSED_PREFIX = "paused-"  # pause_dir/paused-<pid>: a worker waiting there for pause_dir/resumed
 
 
 def _report(metrics: dict, checkpoint: bool = True, files: dict | None = None) -> None:
@@ -101,8 +104,41 @@ def scripted(config, *, base, space, metric, curves: dict, pause_dir: str | None
         if diverged:
             return
         if pause.get(repr(config["backbone_lr"])) == epoch:
+            (Path(pause_dir) / f"{PAUSED_PREFIX}{os.getpid()}").write_text(_start_time(os.getpid()))  # kill_paused
             while not (Path(pause_dir) / "resumed").exists():
                 time.sleep(0.2)
+
+
+def kill_paused(pause_dir: Path, timeout_s: float = 30) -> None:
+    """SIGKILL the workers of scripted trials paused in `pause_dir` and wait until they are gone.
+
+    Killing a driver's process group does not reach its trials: Ray starts each worker in a process group
+    of its own, and a paused worker outlives the driver for a few seconds. Released by pause_dir/resumed
+    in that time, it would train and checkpoint the next epoch after the test meant the search dead."""
+    for marker in Path(pause_dir).glob(f"{PAUSED_PREFIX}*"):
+        pid, started = int(marker.name[len(PAUSED_PREFIX):]), marker.read_text()
+        if _running(pid, started):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout_s
+        while _running(pid, started):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"paused trial worker {pid} still runs {timeout_s:g} s after SIGKILL")
+            time.sleep(0.1)
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (Linux: /proc/<pid>/stat, field 22), None if it is gone or a zombie. With the
+    pid it names a process: a pid reused by another process after the worker died has another start time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()  # fields 3.. (state first)
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _running(pid: int, started: str) -> bool:
+    return _start_time(pid) == started
 
 
 def failing(config, *, base, space, metric) -> None:

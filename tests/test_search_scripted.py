@@ -23,7 +23,7 @@ import ray
 import yaml
 
 from hyperiqa.utils import UserError
-from tests.stub_trials import failing, scripted
+from tests.stub_trials import PAUSED_PREFIX, failing, kill_paused, scripted
 from tests.test_search import ROOT, search_argv
 from tuning.engine import ray_private
 from tuning.sweep import experiment as search
@@ -105,19 +105,21 @@ def test_resumed_trial_below_a_restored_rung_is_stopped(tiny_dataset, tiny_cache
 
 
 def kill_then_resume(tmp_path: Path, argv: list[str], curves: dict, pause: Path, experiment: Path, lr: str) -> None:
-    """Run the scripted search in a driver process, SIGKILL the driver and its workers once Ray's snapshot
-    holds a checkpoint of the (paused) trial with this lr, then finish it with --resume."""
+    """Run the scripted search in a driver process, SIGKILL the driver and its paused worker once that worker
+    waits and Ray's snapshot holds a checkpoint of its trial (the one with this lr), then finish it with --resume."""
     cmd = [sys.executable, "-c", DRIVER, json.dumps([argv, curves, str(pause)])]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(tmp_path / "run1.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None and not _snapshot_has_checkpoint(experiment, lr):
+        while time.monotonic() < deadline and proc.poll() is None and not (
+                any(pause.glob(f"{PAUSED_PREFIX}*")) and _snapshot_has_checkpoint(experiment, lr)):
             time.sleep(1)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        kill_paused(pause)
     assert _snapshot_has_checkpoint(experiment, lr), (tmp_path / "run1.log").read_text()[-3000:]
-    (pause / "resumed").touch()
+    (pause / "resumed").touch()  # only the resumed run's trials see it
     resumed = subprocess.run([*cmd[:3], json.dumps([[*argv, "--resume"], curves, str(pause)])], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]

@@ -32,7 +32,7 @@ from hyperiqa.checkpoint import METRICS, TRAINER_STATE, WEIGHTS
 
 ALL, BEST = "all", "best"
 KEEP_CHOICES = "all, best or top-K (K >= 1)"
-DEFAULT_KEEP = ALL  # best/top-K: opt-in until a killed search is shown to resume exactly under them (docs/scale.md)
+DEFAULT_KEEP = ALL  # best/top-K: opt-in until export/confirm tests have run with best as the default (docs/scale.md)
 CHECKPOINT_PREFIX = "checkpoint_"
 
 
