@@ -8,8 +8,8 @@ ResNet-50's is: 110 MB of weights (model.safetensors) and 219 MB of optimizer st
 
     python bench/scale.py --quick                       # 32 trials, 1 MB checkpoints; under 5 min on 2 cores
     python bench/scale.py --trials 32                   # the default search at ResNet-50's 329 MB: ~170 GB written
-    python bench/scale.py --trials 256 --checkpoint-mb 0.1 --concurrent 8
-    python bench/scale.py --trials 1024 --checkpoint-mb 0.1 --concurrent 8
+    python bench/scale.py --trials 256 --checkpoint-mb 0.1
+    python bench/scale.py --trials 1024 --checkpoint-mb 0.1 --keep best
     python bench/scale.py --write-cost 3 --workdir /path/on/the/storage/disk   # one ResNet-50 checkpoint, timed
 
 Each --keep policy is one search (same seed, same trials); per search it prints and writes (--out, JSON):
@@ -305,7 +305,9 @@ def main() -> None:
     p.add_argument("--grace", type=int, default=2, help="ASHA's first rung (16 // 8, the default for KonIQ)")
     p.add_argument("--checkpoint-mb", type=float, default=RESNET50_WEIGHTS_MB + RESNET50_STATE_MB)
     p.add_argument("--epoch-s", type=float, default=0.0, help="seconds each scripted epoch waits (default 0)")
-    p.add_argument("--concurrent", type=int, default=2, help="trials at once (--max-concurrent)")
+    p.add_argument("--concurrent", type=int, default=1,
+                   help="trials at once (--max-concurrent; default 1: then ASHA and TPE see the results in one "
+                        "order, and every --keep policy runs the same trials, epoch for epoch)")
     p.add_argument("--cpus-per-trial", type=float, default=None, help="default: the cores / --concurrent")
     p.add_argument("--keep", default="all,best", help="--keep-checkpoints policies, one search each (default all,best)")
     p.add_argument("--seed", type=int, default=0)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hyperiqa.checkpoint import METRICS, TRAINER_STATE, WEIGHTS, load_weights
 from hyperiqa.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,10 +118,12 @@ def test_export_holds_the_best_epoch_and_it_reevaluates_to_its_metrics(search):
     assert metrics["val_srcc"] == pytest.approx(max(scores), abs=1e-9)
     trial_scores = {line["epoch"]: line["val_srcc"] for line in search["after"][metrics["trial"]]}
     assert trial_scores[metrics["epoch"]] == pytest.approx(metrics["val_srcc"], abs=1e-9)
+    # The weights of that epoch (--keep-checkpoints best, the default, keeps no optimizer state there).
+    assert json.loads((export / "checkpoint" / METRICS).read_text())["epoch"] == metrics["epoch"]
+    assert not (export / "checkpoint" / TRAINER_STATE).exists()
     cfg = TrainConfig.load(export / "best_config.yaml").replace(device="cpu")
     solver = Solver(cfg, log=lambda *a: None)
-    solver.load_checkpoint(export / "checkpoint")
-    assert solver.epoch == metrics["epoch"]
+    solver.model.load_state_dict(load_weights(export / "checkpoint" / WEIGHTS))
     assert solver.evaluate("val")["srcc"] == pytest.approx(metrics["val_srcc"], abs=1e-5)
 
 

@@ -18,7 +18,7 @@ import time
 from hyperiqa.config import SELECTION_METRICS
 from hyperiqa.utils import run_cli
 from tuning.confirmation import experiment as confirm
-from tuning.engine import experiment_folder, tracking
+from tuning.engine import experiment_folder, retention, tracking
 from tuning.engine.options import (
     absolute,
     add_cluster_flags,
@@ -63,10 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the experiment --name (default: the newest under --storage-path); finished "
                         "trials are kept, unfinished ones continue from their checkpoints")
     o.add_argument("--export-dir", metavar="DIR", help="export folder (default exports/<name>)")
-    o.add_argument("--keep-checkpoints", metavar="POLICY", default="all",
-                   help="what the trials' checkpoints keep: all (default: every kept epoch with its optimizer "
-                        "state); best (optimizer state only in a running trial's latest checkpoint, an ended "
-                        "trial keeps its best epoch's weights); top-K (as best, and after the export of a "
+    o.add_argument("--keep-checkpoints", metavar="POLICY", default=retention.DEFAULT_KEEP,
+                   help="what the trials' checkpoints keep: best (default: optimizer state only in a running "
+                        "trial's latest checkpoint, an ended trial keeps its best epoch's weights); all (every "
+                        "epoch Ray keeps, with its optimizer state); top-K (as best, and after the export of a "
                         "finished search only the K best trials keep weights). docs/scale.md")
     tracking.add_flags(p)
     confirm.add_search_flags(p)
@@ -154,7 +154,6 @@ def resume_plan(args):
 def _prune_after_export(plan, result, interrupted: bool) -> None:
     """--keep-checkpoints top-K: once a search has finished and is exported, the trials outside the K best
     keep no weights. Not after an interrupted search, nor while a trial is unfinished (--resume needs it)."""
-    from tuning.engine import retention
     from tuning.sweep import trials_report as report
 
     k = retention.top_k(plan.keep_checkpoints)

@@ -67,7 +67,7 @@ class Plan:
     wandb_project: str | None = None
     optuna_storage: str | None = None
     cross: list = field(default_factory=list)    # [[dataset name, absolute root], ...]
-    keep_checkpoints: str = "all"  # tuning/engine/retention.py; plans saved before it load with the default
+    keep_checkpoints: str = "all"  # tuning/engine/retention.py; plans saved before it kept everything, and still do
 
     @property
     def base_config(self) -> TrainConfig:
