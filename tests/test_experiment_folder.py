@@ -77,7 +77,9 @@ def runner_args(tmp_path, **changes) -> runner.RunOptions:
     values = dict(gpus=0, gpus_per_trial=None, cpus_per_trial=1, max_concurrent=1, name="runs",
                   storage_path=str(tmp_path / "ray"), out=str(tmp_path / "out"))
     args = argparse.Namespace(**{**values, **changes})
-    return runner.RunOptions(options.resources(args, unit="run"), args.storage_path, args.name, args.out)
+    return runner.RunOptions(options.resources(args.gpus, args.gpus_per_trial, args.cpus_per_trial,
+                                               args.max_concurrent, unit="run"), args.storage_path, args.name,
+                             args.out)
 
 
 # --- the storage path ---------------------------------------------------------------------------

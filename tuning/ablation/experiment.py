@@ -225,7 +225,8 @@ def new_runset(args):
         raise UserError(f"--storage-path {args.storage_path}: --runner processes writes local folders only")
     names = variant_names(args)
     base = ablation_base(args, names)
-    where = runner.RunOptions(options.resources(args, unit="run"), args.storage_path, args.name, args.out)
+    where = runner.RunOptions(options.resources(args.gpus, args.gpus_per_trial, args.cpus_per_trial,
+                                                args.max_concurrent, unit="run"), args.storage_path, args.name, args.out)
     runset = runner.make_runset("ablate", variant_runs(base, seeds, names), where, metric=base.selection_metric,
                                 default_name=f"{args.dataset}-ablation",
                                 settings={"seeds": seeds, "variants": names, "regime": args.regime,

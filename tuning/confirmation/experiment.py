@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not args.inputs:
             raise UserError("give at least one export folder or config YAML to confirm (or --resume)")
-        where = runner.RunOptions(resources(args, unit="run"), args.storage_path, args.name, args.out)
+        where = runner.RunOptions(resources(args.gpus, args.gpus_per_trial, args.cpus_per_trial, args.max_concurrent,
+                                            unit="run"), args.storage_path, args.name, args.out)
         runset = make_confirm_runset([load_input(p) for p in args.inputs], args.splits, args.set, where)
     with experiment_folder.claim(runset.experiment_path, new=not args.resume):
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")

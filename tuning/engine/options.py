@@ -124,16 +124,17 @@ class Resources:
     max_concurrent: int | None = None  # None: as many at once as the resources allow
 
 
-def resources(args: argparse.Namespace, unit: str = "trial") -> Resources:
-    """The flags of add_resource_flags, checked (each CLI calls this on its parsed flags)."""
-    gpus = finite("--gpus", args.gpus)
-    if args.gpus_per_trial is not None:
-        finite(f"--gpus-per-{unit}", args.gpus_per_trial)
-    finite(f"--cpus-per-{unit}", args.cpus_per_trial)
+def resources(gpus: float, gpus_per_trial: float | None, cpus_per_trial: float, max_concurrent: int | None,
+              unit: str = "trial") -> Resources:
+    """The values of add_resource_flags' flags (--gpus-per-<unit>: None when not given), checked."""
+    finite("--gpus", gpus)
+    if gpus_per_trial is not None:
+        finite(f"--gpus-per-{unit}", gpus_per_trial)
+    finite(f"--cpus-per-{unit}", cpus_per_trial)
     if gpus < 0:
         raise UserError(f"--gpus {gpus:g}: must be >= 0 (0 = CPU only)")
     flag = f"--gpus-per-{unit}"
-    per_trial = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if gpus else 0.0)
+    per_trial = gpus_per_trial if gpus_per_trial is not None else (1.0 if gpus else 0.0)
     if gpus == 0 and per_trial:
         raise UserError(f"{flag} {per_trial:g} needs --gpus N (GPUs in total; 0 means CPU only)")
     if gpus and not 0 < per_trial <= gpus:
@@ -141,11 +142,11 @@ def resources(args: argparse.Namespace, unit: str = "trial") -> Resources:
     if per_trial > 1:
         raise UserError(f"{flag} {per_trial:g}: a {unit} trains on one GPU (no data parallelism), so "
                         "more would be reserved and left idle; use 1, or a fraction such as 0.5 to share a GPU")
-    if args.cpus_per_trial <= 0:
-        raise UserError(f"--cpus-per-{unit} {args.cpus_per_trial:g}: must be > 0")
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise UserError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
-    return Resources(float(gpus), float(per_trial), float(args.cpus_per_trial), args.max_concurrent)
+    if cpus_per_trial <= 0:
+        raise UserError(f"--cpus-per-{unit} {cpus_per_trial:g}: must be > 0")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise UserError(f"--max-concurrent {max_concurrent}: must be >= 1")
+    return Resources(float(gpus), float(per_trial), float(cpus_per_trial), max_concurrent)
 
 
 def for_ray(cfg: TrainConfig, resources: Resources, **changes) -> TrainConfig:

@@ -134,8 +134,10 @@ def search_flags(args: argparse.Namespace) -> SearchFlags:
         dataset=args.dataset, data_root=args.data_root, sets=tuple(args.set), space=args.space, metric=args.metric,
         searcher=args.searcher, seed=args.seed, num_samples=args.num_samples, max_epochs=args.max_epochs,
         grace_period=args.grace_period, reduction_factor=args.reduction_factor, patience=args.patience,
-        resources=resources(args), storage_path=args.storage_path, name=args.name, export_dir=args.export_dir,
-        keep_checkpoints=args.keep_checkpoints, tracking=tracking.plan_fields(args), cross=tuple(args.cross))
+        resources=resources(args.gpus, args.gpus_per_trial, args.cpus_per_trial, args.max_concurrent),
+        storage_path=args.storage_path, name=args.name, export_dir=args.export_dir,
+        keep_checkpoints=args.keep_checkpoints, cross=tuple(args.cross),
+        tracking=tracking.plan_fields(args.log_to, args.mlflow_uri, args.wandb_project, args.optuna_storage))
 
 
 def new_plan(flags: SearchFlags) -> Plan:
