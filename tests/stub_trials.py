@@ -19,8 +19,6 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from hyperiqa.config import TrainConfig
-
 # How long a probe waits for the others to start. Only a scheduling bug should reach it (the test then
 # fails on its count); generous because starting a Ray worker on a loaded 2-core machine can take tens of
 # seconds, and a probe that gives up early would make the count depend on the machine's speed.
@@ -71,7 +69,7 @@ def gpu_probe(config, *, base, space, metric, barrier: str, expected: int, total
     trials (this one included) are running at the same time, or BARRIER_S have passed."""
     from hyperiqa import runtime
 
-    cfg = space.config_for(TrainConfig.from_dict(base), config, source="probe")
+    cfg = space.config_for(base, config, source="probe")
     folder = Path(barrier)
     (folder / tune.get_context().get_trial_id()).touch()
     start, deadline = time.time(), time.time() + BARRIER_S

@@ -3,7 +3,6 @@ report files; end to end on the tiny dataset through confirm.py and through sear
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -18,7 +17,8 @@ from hyperiqa.utils import UserError
 from tests.test_search import ROOT, search_argv
 from tuning.confirmation import experiment as confirm
 from tuning.confirmation import report as cr
-from tuning.engine.runner import RunSet
+from tuning.engine.options import Resources
+from tuning.engine.runner import RunOptions, RunSet
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -88,16 +88,14 @@ def test_the_sentence_says_whether_the_interval_excludes_zero():
 
 # --- the runs ---------------------------------------------------------------------------------
 
-def args_for(tmp_path, **changes) -> argparse.Namespace:
-    values = dict(gpus=0, gpus_per_trial=None, cpus_per_trial=1, max_concurrent=2, name="c", splits=3,
-                  storage_path=str(tmp_path / "ray"), out=str(tmp_path / "out"))
-    return argparse.Namespace(**{**values, **changes})
+def where(tmp_path) -> RunOptions:
+    return RunOptions(Resources(0.0, 0.0, 1.0, 2), str(tmp_path / "ray"), "c", str(tmp_path / "out"))
 
 
 def test_every_configuration_sees_the_same_fresh_splits_and_seeds(tiny_cfg, tmp_path):
     inputs = [confirm.Candidate("a", "a.yaml", tiny_cfg(backbone_lr=1e-3, seed=2)),
               confirm.Candidate("b", "b.yaml", tiny_cfg(backbone_lr=3e-4, patience=2, val_fraction=0.3))]
-    runset = confirm.make_confirm_runset(inputs, args_for(tmp_path), [f"{s}" for s in TINY])
+    runset = confirm.make_confirm_runset(inputs, 3, [f"{s}" for s in TINY], where(tmp_path))
     by_config: dict[str, list] = {}
     for run in runset.runs:
         cfg, labels = run["config"], run["labels"]
@@ -114,7 +112,7 @@ def test_every_configuration_sees_the_same_fresh_splits_and_seeds(tiny_cfg, tmp_
 def test_identical_configurations_run_once(tiny_cfg, tmp_path):
     same = tiny_cfg(backbone_lr=1e-3)
     runset = confirm.make_confirm_runset([confirm.Candidate("a", "a", same), confirm.Candidate("a", "b", same)],
-                                         args_for(tmp_path, splits=2), TINY)
+                                         2, TINY, where(tmp_path))
     assert {r["labels"]["config_id"] for r in runset.runs} == {"baseline", "c1"}
     described = runset.settings["candidates"]
     assert described[2]["same_as"] == "c1" and described[2]["label"] == "a (2)"
@@ -124,11 +122,11 @@ def test_input_mistakes_are_user_errors(tiny_cfg, tmp_path):
     a = confirm.Candidate("a", "a.yaml", tiny_cfg())
     other = confirm.Candidate("b", "b.yaml", tiny_cfg(data_root=str(tmp_path)))
     with pytest.raises(UserError, match="different datasets"):
-        confirm.make_confirm_runset([a, other], args_for(tmp_path), TINY)
+        confirm.make_confirm_runset([a, other], 3, TINY, where(tmp_path))
     with pytest.raises(UserError, match="--set seed"):
-        confirm.make_confirm_runset([a], args_for(tmp_path), ["seed=3"])
+        confirm.make_confirm_runset([a], 3, ["seed=3"], where(tmp_path))
     with pytest.raises(UserError, match="--splits 1"):
-        confirm.make_confirm_runset([a], args_for(tmp_path, splits=1), TINY)
+        confirm.make_confirm_runset([a], 1, TINY, where(tmp_path))
     with pytest.raises(UserError, match="no such export"):
         confirm.load_input(str(tmp_path / "missing.yaml"))
 

@@ -18,7 +18,6 @@ from hyperiqa.utils import UserError
 from tests.test_paper import plan_for
 from tests.test_search import ROOT
 from tuning.engine import experiment_folder, launch, options, runner
-from tuning.engine.runner import RUNS_FILE
 from tuning.sweep import experiment as search
 
 # Another search's claim, as experiment_folder.claim makes it (without importing torch: seconds on 2 cores).
@@ -65,18 +64,22 @@ def test_zero_epochs_or_grace_is_never_read_as_not_given(tiny_dataset, tiny_cach
 
 
 def test_a_run_with_a_non_finite_cpu_share_is_refused(tiny_cfg, tmp_path):
-    args = runner_args(tmp_path, cpus_per_trial=math.nan)
     with pytest.raises(UserError) as exc_info:
+        args = runner_args(tmp_path, cpus_per_trial=math.nan)
         runner.make_runset("ablate", [("a", {}, tiny_cfg(epochs=1))], args, metric="val_srcc", default_name="x")
     assert "--cpus-per-run nan: must be a finite number" in one_line(exc_info)
 
 
-def runner_args(tmp_path, **changes):
+def runner_args(tmp_path, **changes) -> runner.RunOptions:
+    """ablate.py's resource and folder flags as it turns them into RunOptions (resources checked there)."""
     import argparse
 
     values = dict(gpus=0, gpus_per_trial=None, cpus_per_trial=1, max_concurrent=1, name="runs",
                   storage_path=str(tmp_path / "ray"), out=str(tmp_path / "out"))
-    return argparse.Namespace(**{**values, **changes})
+    args = argparse.Namespace(**{**values, **changes})
+    return runner.RunOptions(options.resources(args.gpus, args.gpus_per_trial, args.cpus_per_trial,
+                                               args.max_concurrent, unit="run"), args.storage_path, args.name,
+                             args.out)
 
 
 # --- the storage path ---------------------------------------------------------------------------
@@ -207,8 +210,8 @@ def test_ablate_resume_checks_the_state_before_ray_starts(tmp_path, monkeypatch)
 
     folder = tmp_path / "ray" / "abl"
     folder.mkdir(parents=True)
-    (folder / RUNS_FILE).write_text(runner.RunSet("ablate", (), "val_srcc", 0, 0, 1, str(tmp_path / "ray"), "abl",
-                                                  str(tmp_path / "out")).to_json())
+    runner.save_runset(runner.RunSet("ablate", (), "val_srcc", 0, 0, 1, str(tmp_path / "ray"), "abl",
+                                     str(tmp_path / "out")))
     damaged = write_state(folder, "2026-01-01_00-00-00", "{")
     monkeypatch.setattr(launch, "start_ray", lambda *a, **k: pytest.fail("Ray started"))
     with pytest.raises(UserError) as exc_info:

@@ -11,7 +11,8 @@ import pytest
 
 from tests.fake_train import FAIL_MESSAGE, FAIL_SEED
 from tuning.engine import local_runs
-from tuning.engine.runner import RUNS_FILE, RunSet
+from tuning.engine.experiment_folder import RUNS_FILE
+from tuning.engine.runner import RunSet
 
 FAKE = Path(__file__).resolve().parent / "fake_train.py"
 

@@ -9,7 +9,7 @@ import timm
 from hyperiqa.config import TrainConfig
 from hyperiqa.solver import Solver
 from hyperiqa.utils import UserError
-from tuning.sweep.experiment import build_parser
+from tuning.sweep.experiment import build_parser, search_flags
 from tuning.sweep.space import load_space
 
 
@@ -29,7 +29,7 @@ def plan_for(tiny_dataset, tiny_cache_dir, tmp_path, *extra):
             f"cache_dir={tiny_cache_dir}", "cache_workers=1"]
     argv = ["--dataset", "csv", "--data-root", str(tiny_dataset), *[a for s in sets for a in ("--set", s)],
             "--storage-path", str(tmp_path), "--name", "plan", *extra]
-    return make_plan(build_parser().parse_args(argv))
+    return make_plan(search_flags(build_parser().parse_args(argv)))
 
 
 def test_test_metric_trains_on_all_non_test_data_unless_val_fraction_is_set(tiny_dataset, tiny_cache_dir, tmp_path):
@@ -67,6 +67,6 @@ def test_asha_first_rung_is_epoch_4_on_the_demo_and_max_epochs_over_8_elsewhere(
     # the demo (bench/search_quality.py: its first epochs from random init do not rank trials)
     monkeypatch.setattr(plan_module, "check_dataset", lambda cfg: None)  # no images generated here
     argv = ["--storage-path", str(tmp_path), "--name", "demo-plan"]
-    assert plan_module.make_plan(build_parser().parse_args(argv)).grace_period == plan_module.DEMO_GRACE_PERIOD == 4
-    short = plan_module.make_plan(build_parser().parse_args([*argv, "--max-epochs", "3"]))
+    assert plan_module.make_plan(search_flags(build_parser().parse_args(argv))).grace_period == plan_module.DEMO_GRACE_PERIOD == 4
+    short = plan_module.make_plan(search_flags(build_parser().parse_args([*argv, "--max-epochs", "3"])))
     assert short.grace_period == 3  # never past the last epoch

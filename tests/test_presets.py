@@ -31,17 +31,17 @@ def test_every_cli_starts_from_the_preset_without_a_data_root(name):
     from tuning.engine import options
 
     expected = PRESETS[name]()
-    assert options.base_config(argparse.Namespace(dataset=name, data_root=None, set=[])) == expected
+    assert options.base_config(name, None, []) == expected
     assert train.resolve_config(train.build_parser().parse_args(["--dataset", name])) == expected
 
 
 def test_photos_search_defaults_search_all_five_settings(tmp_path, monkeypatch):
     import tuning.sweep.plan as plan_module
-    from tuning.sweep.experiment import build_parser
+    from tuning.sweep.experiment import build_parser, search_flags
 
     monkeypatch.setattr(plan_module, "check_dataset", lambda cfg: None)  # no images generated here
-    plan = plan_module.make_plan(build_parser().parse_args(["--dataset", "photos", "--storage-path",
-                                                            str(tmp_path), "--name", "p"]))
+    plan = plan_module.make_plan(search_flags(build_parser().parse_args(["--dataset", "photos", "--storage-path",
+                                                                         str(tmp_path), "--name", "p"])))
     assert plan.space_source.endswith("search_spaces/photos.yaml")
     assert set(plan.space["params"]) >= FIVE
     assert plan.space["params"]["frozen_stages"] == {"type": "int", "low": 0, "high": 4}  # lite0 has 4 stages

@@ -3,7 +3,6 @@ the same numbers as training the configuration without Ray, and a description th
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import pytest
@@ -11,14 +10,16 @@ import ray
 
 from hyperiqa.solver import Solver
 from tuning.engine import runner
+from tuning.engine.experiment_folder import ABLATION
+from tuning.engine.options import Resources
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def args_for(tmp_path, **changes) -> argparse.Namespace:
-    values = dict(gpus=0, gpus_per_trial=None, cpus_per_trial=1, max_concurrent=2, name="runs",
-                  storage_path=str(tmp_path / "ray"), out=str(tmp_path / "out"))
-    return argparse.Namespace(**{**values, **changes})
+def args_for(tmp_path, **changes) -> runner.RunOptions:
+    values = dict(resources=Resources(0.0, 0.0, 1.0, 2), name="runs", storage_path=str(tmp_path / "ray"),
+                  out=str(tmp_path / "out"))
+    return runner.RunOptions(**{**values, **changes})
 
 
 def test_runs_report_every_epoch_and_match_training_without_ray(tiny_cfg, tmp_path):
@@ -30,7 +31,7 @@ def test_runs_report_every_epoch_and_match_training_without_ray(tiny_cfg, tmp_pa
         curves, interrupted = runner.execute(runset)
     finally:
         ray.shutdown()
-    assert runner.load_runset(runset.experiment_path) == runset and interrupted is False
+    assert runner.load_runset(runset.experiment_path, ABLATION) == runset and interrupted is False
     assert [m["epoch"] for m in curves["lr-high"]] == [1, 2] and len(curves["lr-low"]) == 2
     # The runner adds nothing to the training: the same configuration without Ray gives the same numbers.
     alone = list(Solver(configs["lr-high"].replace(num_threads=1), log=lambda *_: None).epochs())

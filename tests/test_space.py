@@ -83,7 +83,7 @@ def test_unknown_builtin_space_lists_the_builtin_ones():
 def test_builtin_spaces_load_and_start_points_make_valid_configs(path):
     space = load_space(path.stem)
     for point in space.start:
-        cfg = space.config_for(TrainConfig(), point)
+        cfg = space.config_for(TrainConfig().to_dict(), point)
         assert all(getattr(cfg, k) == v for k, v in point.items())
 
 
@@ -121,7 +121,7 @@ def test_sampling_honours_conditions_and_start_point():
     for params in seen:
         assert ("step_size" in params) == (params["schedule"] == "step")
         assert 1e-6 <= params["backbone_lr"] <= 1e-4
-        cfg = space.config_for(TrainConfig(), params)
+        cfg = space.config_for(TrainConfig().to_dict(), params)
         assert cfg.backbone_lr == params["backbone_lr"]
 
 

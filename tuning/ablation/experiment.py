@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
     from tuning.engine import runner
 
     if args.summarize:
-        runset = runner.load_runset(options.absolute(args.summarize))
+        runset = runner.load_runset(options.absolute(args.summarize), experiment_folder.ABLATION)
         if runner_of(runset) == "processes":
             from tuning.engine import local_runs
 
@@ -225,12 +225,14 @@ def new_runset(args):
         raise UserError(f"--storage-path {args.storage_path}: --runner processes writes local folders only")
     names = variant_names(args)
     base = ablation_base(args, names)
-    runset = runner.make_runset("ablate", variant_runs(base, seeds, names), args, metric=base.selection_metric,
+    where = runner.RunOptions(options.resources(args.gpus, args.gpus_per_trial, args.cpus_per_trial,
+                                                args.max_concurrent, unit="run"), args.storage_path, args.name, args.out)
+    runset = runner.make_runset("ablate", variant_runs(base, seeds, names), where, metric=base.selection_metric,
                                 default_name=f"{args.dataset}-ablation",
                                 settings={"seeds": seeds, "variants": names, "regime": args.regime,
                                           "runner": args.runner})
     existing = Path(runset.experiment_path)
-    if any(existing.glob("experiment_state-*.json")) or (existing / runner.RUNS_FILE).is_file():
+    if experiment_folder.has_state(runset.experiment_path) or (existing / experiment_folder.RUNS_FILE).is_file():
         raise UserError(f"--name {runset.name}: {runset.experiment_path} already holds an experiment; add --resume "
                         "to continue it or choose another --name")
     return runset
@@ -257,17 +259,13 @@ def run_processes(runset, args) -> int:
 
 
 def resume_runset(args):
-    import dataclasses
-
     from tuning.engine import runner
 
-    storage = options.writable_storage(args.storage_path)
-    name = args.name or experiment_folder.newest(storage, runner.RUNS_FILE, what="ablation", kind="ablate")
-    runset = runner.load_runset(f"{storage.rstrip('/')}/{name}")
-    experiment_folder.check_resumable(runset.experiment_path, "`python tuning/ablate.py --summarize "
-                                      f"{runset.experiment_path}` summarises what its runs saved")
-    print(f"resuming {runset.experiment_path} with its saved settings (other flags are ignored)")
-    return dataclasses.replace(runset, out_dir=options.absolute(args.out)) if args.out else runset
+    kind = experiment_folder.ABLATION
+    runset = experiment_folder.resume(args.storage_path, args.name, kind, runner.runset_builder(kind),
+                                      instead="`python tuning/ablate.py --summarize {experiment}` summarises what "
+                                              "its runs saved")
+    return replace(runset, out_dir=options.absolute(args.out)) if args.out else runset
 
 
 def finish(runset, curves: dict, out: str | None) -> int:

@@ -18,19 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hyperiqa.config import PRESETS, TrainConfig, parse_assignments
 from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text, run_cli
 from tuning.confirmation import report as cr
-from tuning.engine import experiment_folder
+from tuning.engine import experiment_folder, runner
 from tuning.engine.options import (
+    Resources,
     absolute,
     add_cluster_flags,
     add_resource_flags,
+    resources,
     resume_command,
-    writable_storage,
 )
 from tuning.presets import DEMO_SIZE
 
@@ -77,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not args.inputs:
             raise UserError("give at least one export folder or config YAML to confirm (or --resume)")
-        runset = make_confirm_runset([load_input(p) for p in args.inputs], args, args.set)
+        where = runner.RunOptions(resources(args.gpus, args.gpus_per_trial, args.cpus_per_trial, args.max_concurrent,
+                                            unit="run"), args.storage_path, args.name, args.out)
+        runset = make_confirm_runset([load_input(p) for p in args.inputs], args.splits, args.set, where)
     with experiment_folder.claim(runset.experiment_path, new=not args.resume):
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         from tuning.engine import launch
@@ -139,12 +142,10 @@ def fresh_seeds(k: int, used: set[int]) -> list[int]:
     return seeds
 
 
-def make_confirm_runset(inputs: list[Candidate], args, sets: list[str]):
-    """Every candidate on every split, as a runner.RunSet; `sets` applies to every configuration."""
-    from tuning.engine import runner
-
-    if args.splits < 2:
-        raise UserError(f"--splits {args.splits}: at least 2 (the paired interval is over splits; 10 is usual)")
+def make_confirm_runset(inputs: list[Candidate], splits: int, sets: list[str], where: runner.RunOptions):
+    """Every candidate on `splits` splits, as a runner.RunSet; `sets` applies to every configuration."""
+    if splits < 2:
+        raise UserError(f"--splits {splits}: at least 2 (the paired interval is over splits; 10 is usual)")
     forced = sorted(set(parse_assignments(sets)) & set(SPLIT_FIELDS))
     if forced:
         raise UserError(f"--set {forced[0]}: the confirmation sets {', '.join(SPLIT_FIELDS)} itself (split k: "
@@ -158,7 +159,7 @@ def make_confirm_runset(inputs: list[Candidate], args, sets: list[str]):
         notes.append("demo: every configuration runs " + ", ".join(f"{k} {v}" for k, v in DEMO_SIZE.items())
                      + " to fit 10 minutes on 2 cores (--set epochs=... to change)")
     used = {c.config.split_seed if c.config.split_seed is not None else c.config.seed for c in inputs}
-    seeds = fresh_seeds(args.splits, used)
+    seeds = fresh_seeds(splits, used)
     described, runs, unique = [], [], {}
     for i, c in enumerate(candidates):
         cid = "baseline" if i == 0 else f"c{i}"
@@ -178,7 +179,7 @@ def make_confirm_runset(inputs: list[Candidate], args, sets: list[str]):
             runs.append((f"{cid}-split{k}", labels, cfg.replace(seed=seed, split_seed=seed)))
     settings = {"candidates": described, "split_seeds": seeds, "winner": "c1", "notes": notes,
                 "dataset": first.dataset}
-    return runner.make_runset("confirm", runs, args, metric="val_srcc", default_name="confirm", settings=settings)
+    return runner.make_runset("confirm", runs, where, metric="val_srcc", default_name="confirm", settings=settings)
 
 
 def protocol_fields(first: TrainConfig) -> tuple[dict, list[str]]:
@@ -208,21 +209,11 @@ def _label(described: list[dict], cid: str) -> str:
 
 
 def resume_runset(args):
-    from tuning.engine import runner
-
-    storage = writable_storage(args.storage_path)
-    name = args.name or experiment_folder.newest(storage, runner.RUNS_FILE, what="confirmation", kind="confirm")
-    runset = runner.load_runset(f"{storage.rstrip('/')}/{name}")
-    if runset.kind != "confirm":
-        raise UserError(f"{runset.experiment_path}: written by tuning/{runset.kind}.py, not confirm.py")
-    experiment_folder.check_resumable(runset.experiment_path, "each run's results stay in its folder there; run "
-                                      "the confirmation again under another --name")
-    print(f"resuming {runset.experiment_path} with its saved settings (other flags are ignored)")
-    if args.out:
-        import dataclasses
-
-        runset = dataclasses.replace(runset, out_dir=absolute(args.out))
-    return runset
+    kind = experiment_folder.CONFIRMATION
+    runset = experiment_folder.resume(args.storage_path, args.name, kind, runner.runset_builder(kind),
+                                      instead="each run's results stay in its folder there; run the confirmation "
+                                              "again under another --name")
+    return replace(runset, out_dir=absolute(args.out)) if args.out else runset
 
 
 # --- run and report ---------------------------------------------------------------------------
@@ -230,8 +221,6 @@ def resume_runset(args):
 def run_and_report(runset, *, resume: bool = False) -> bool:
     """Run (or continue) every run on the Ray session already started, then write the report; True if
     the user interrupted the runs (Ctrl-C)."""
-    from tuning.engine import runner
-
     curves, interrupted = runner.execute(runset, resume=resume)
     write_report(runset, curves)
     return interrupted
@@ -281,33 +270,29 @@ def check_search_flags(args) -> None:
         raise UserError(f"--confirm-splits {args.confirm_splits}: at least 2")
 
 
-def after_search(search_args, plan, result) -> bool:
-    """Confirm the export's top trials (best finite value first), in the search's Ray session; True if the
-    user interrupted the confirmation (Ctrl-C)."""
-    from tuning.engine import runner
-
+def after_search(plan, result, *, top: int, splits: int, sets: list[str]) -> bool:
+    """Confirm the export's `top` trials (best finite value first) on `splits` splits, in the search's Ray
+    session, with the search's --set values (`sets`); True if the user interrupted the confirmation (Ctrl-C)."""
     space = plan.search_space
-    ranked = sorted((r for r in result.rows if cr.finite(r.best)), key=lambda r: -r.best)[:search_args.confirm]
+    ranked = sorted((r for r in result.rows if cr.finite(r.best)), key=lambda r: -r.best)[:top]
     if not ranked:
         print("\n--confirm: no trial with a finite metric to confirm")
         return False
     inputs = [Candidate(f"trial {r.trial_id}", f"{plan.name} trial {r.trial_id} ({plan.metric} {r.best:.4f})",
-                        space.config_for(plan.base_config, r.params, source=f"trial {r.trial_id}"))
+                        space.config_for(plan.base, r.params, source=f"trial {r.trial_id}"))
               for r in ranked]
     name = f"{plan.name}-confirm"
     path = f"{plan.storage_path.rstrip('/')}/{name}"
-    args = argparse.Namespace(splits=search_args.confirm_splits, gpus=plan.gpus, gpus_per_trial=plan.gpus_per_trial,
-                        cpus_per_trial=plan.cpus_per_trial, max_concurrent=plan.max_concurrent, name=name,
-                        storage_path=plan.storage_path, out=f"{plan.export_dir}-confirm")
-    try:
-        runset, resume = runner.load_runset(path), True  # a confirmation interrupted earlier: continue it
+    try:  # a confirmation interrupted earlier: continue it
+        runset, resume = runner.load_runset(path, experiment_folder.CONFIRMATION), True
     except UserError:
         # The search's --set values that the space does not override apply to the baseline too.
         searched = set(space.fixed) | {p.name for p in space.params} | set(SPLIT_FIELDS)
-        sets = [s for s in search_args.set or [] if s.partition("=")[0].strip() not in searched]
-        runset, resume = make_confirm_runset(inputs, args, sets), False
+        where = runner.RunOptions(Resources(plan.gpus, plan.gpus_per_trial, plan.cpus_per_trial, plan.max_concurrent),
+                                  plan.storage_path, name, f"{plan.export_dir}-confirm")
+        kept = [s for s in sets if s.partition("=")[0].strip() not in searched]
+        runset, resume = make_confirm_runset(inputs, splits, kept, where), False
     print(f"\nconfirming the top {len(inputs)} trial(s) and the baseline on "
           f"{len(runset.settings['split_seeds'])} splits: {len(runset.runs)} runs")
     with experiment_folder.claim(runset.experiment_path, new=not resume):
         return run_and_report(runset, resume=resume)
-

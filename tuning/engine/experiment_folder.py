@@ -1,6 +1,12 @@
-"""The experiment folder of a search, ablation or confirmation: who may write it, whether Ray's state in
-it can be read, what a full disk means for it, and which is the newest of a kind (--resume without --name).
-No Ray imports: all of this runs before Ray starts.
+"""The experiment folder of a search, ablation or confirmation: its record (what the CLI decided, saved
+so that --resume and re-summarising need nothing but the folder), who may write it, whether Ray's state
+in it can be read, what a full disk means for it, and which is the newest of a kind (--resume without
+--name). No Ray imports: all of this runs before Ray starts.
+
+The record is one JSON file written atomically by the CLI that started the experiment (a Kind): the
+search's Plan (tuning/sweep/plan.py) or an ablation's or confirmation's RunSet (tuning/engine/runner.py),
+with its "kind" and the record "version". Records written before either field existed read as searches
+(a plan) or by the kind their RunSet names, at version 1.
 
 Ray writes its experiment state (experiment_state-<session>.json) in place, without a temporary file, one
 file per driver session: the first snapshot comes seconds after the Tuner starts, and a write that fails
@@ -15,11 +21,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from hyperiqa.utils import UserError
-from tuning.engine.options import is_uri
+from hyperiqa.utils import UserError, atomic_write_text
+from tuning.engine.options import is_uri, writable_storage
 
 LOCK_FILE = ".hyperiqa.lock"
 STATE_PATTERN = "experiment_state-*.json"
@@ -27,26 +36,118 @@ STATE_PATTERN = "experiment_state-*.json"
 # a truncated read) is still put down to the full disk.
 NEARLY_FULL_BYTES = 64 * 2**20
 
+SEARCH_FILE = "hyperiqa_search.json"
+RUNS_FILE = "hyperiqa_runs.json"
+RECORD_VERSION = 1  # the layout of a record; raised when a reader must tell old records from new ones
 
-def newest(storage: str, record_file: str, *, what: str, kind: str | None = None) -> str:
-    """The name of the newest experiment under `storage` that holds `record_file` (the search's plan or a
-    RunSet), of this `kind` when given (a RunSet's "kind": "ablate" or "confirm"); one line if there is none."""
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of experiment: `name` is its record's "kind" and its CLI (tuning/<name>.py), `file` the record."""
+
+    name: str
+    file: str
+    what: str  # what one-line messages call it
+
+    @property
+    def cli(self) -> str:
+        return f"tuning/{self.name}.py"
+
+
+SEARCH = Kind("search", SEARCH_FILE, "search")
+ABLATION = Kind("ablate", RUNS_FILE, "ablation")
+CONFIRMATION = Kind("confirm", RUNS_FILE, "confirmation")
+KINDS = {kind.name: kind for kind in (SEARCH, ABLATION, CONFIRMATION)}
+
+Record = TypeVar("Record")
+
+
+def save_record(experiment_path: str, kind: Kind, fields: dict) -> None:
+    """Write the record of a `kind` experiment (`fields`: its dataclass as a dict) into its folder: a local
+    folder (atomically) or a storage URI."""
+    # Not sorted: a search's space keeps its parameters' order, which is their sampling order.
+    text = json.dumps({**fields, "kind": kind.name, "version": RECORD_VERSION}, indent=2) + "\n"
+    if is_uri(experiment_path):
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path)
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path.rstrip('/')}/{kind.file}") as fh:
+            fh.write(text.encode())
+    else:
+        atomic_write_text(Path(experiment_path) / kind.file, text)
+
+
+def load_record(experiment_path: str, kind: Kind, build: Callable[..., Record]) -> Record:
+    """The record of a `kind` experiment, built by `build(**fields)` (its "kind" and "version" left out);
+    one line naming the file if it is missing, unreadable, of another kind or from newer code."""
+    source = f"{experiment_path.rstrip('/')}/{kind.file}"
+    try:
+        data = json.loads(_read(experiment_path, kind.file))
+    except OSError:
+        raise UserError(f"{experiment_path}: no {kind.file}; not a folder written by {kind.cli} "
+                        "(give storage-path/name)") from None
+    except ValueError as exc:
+        raise UserError(f"{source}: not a record written by {kind.cli} ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: not a record written by {kind.cli} (a JSON {type(data).__name__})")
+    found = _kind_of(data)
+    if found != kind.name:
+        raise UserError(f"{experiment_path}: written by tuning/{found}.py, not {kind.cli}")
+    version = data.pop("version", RECORD_VERSION)
+    if not isinstance(version, int) or version > RECORD_VERSION:
+        raise UserError(f"{source}: record version {version!r}, newer than this code reads ({RECORD_VERSION}); "
+                        "update hyperiqa to continue it")
+    data.pop("kind", None)
+    try:
+        return build(**data)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise UserError(f"{source}: not a record written by {kind.cli} ({exc})") from None
+
+
+def _read(experiment_path: str, name: str) -> str:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path) if is_uri(experiment_path) else \
+        (pyarrow.fs.LocalFileSystem(), experiment_path)
+    with fs.open_input_stream(f"{path.rstrip('/')}/{name}") as fh:
+        return fh.readall().decode()
+
+
+def _kind_of(data) -> str | None:
+    """The kind a parsed record names; a mapping without one is a search plan written before records had it."""
+    return data.get("kind", SEARCH.name) if isinstance(data, dict) else None
+
+
+def newest(storage: str, kind: Kind) -> str:
+    """The name of the newest `kind` experiment under `storage` (by its record's time); one line if none."""
     if is_uri(storage):
         raise UserError("--resume with a remote --storage-path needs --name")
-    found = sorted(Path(storage).glob(f"*/{record_file}"), key=lambda p: p.stat().st_mtime)
-    if kind is not None:
-        found = [p for p in found if _kind(p) == kind]
+    found = [p for p in sorted(Path(storage).glob(f"*/{kind.file}"), key=lambda p: p.stat().st_mtime)
+             if _recorded_kind(p) == kind.name]
     if not found:
-        raise UserError(f"--resume: no {what} under {storage}; give --storage-path and --name")
+        raise UserError(f"--resume: no {kind.what} under {storage}; give --storage-path and --name")
     return found[-1].parent.name
 
 
-def _kind(record: Path) -> str | None:
+def _recorded_kind(record: Path) -> str | None:
     try:
-        data = json.loads(record.read_text())
+        return _kind_of(json.loads(record.read_text()))
     except (OSError, ValueError):
         return None
-    return data.get("kind") if isinstance(data, dict) else None
+
+
+def resume(storage_path: str, name: str | None, kind: Kind, build: Callable[..., Record], *,
+           instead: str) -> Record:
+    """The record (a Plan or RunSet) of the experiment that `--resume [--name NAME]` continues: NAME under
+    `storage_path`, else the newest of its kind there; refused in one line, before Ray starts, if Ray's state
+    in it cannot be read (`instead`: what recovers its work then, check_resumable; {experiment}: its path)."""
+    storage = writable_storage(storage_path)
+    record = load_record(f"{storage.rstrip('/')}/{name or newest(storage, kind)}", kind, build)
+    path = record.experiment_path  # where it was started: what Ray's state and the trials name
+    check_resumable(path, instead.format(experiment=path))
+    print(f"resuming {path} with its saved settings (other flags are ignored)")
+    return record
 
 
 def has_state(experiment_path: str) -> bool:

@@ -1,7 +1,7 @@
 """Run a RunSet without Ray: each run is a local `python -m hyperiqa.train` process (ablate.py --runner processes).
 
 For a machine where Ray is not installed (a lent GPU machine, say). The experiment folder
-(--storage-path/--name) holds the RunSet (runner.RUNS_FILE) and one folder per run id, which
+(--storage-path/--name) holds the RunSet (its record, experiment_folder.RUNS_FILE) and one folder per run id, which
 hyperiqa.train fills: config.yaml, metrics.jsonl (one line per epoch), best/, last/; its output goes
 to train.log there. At most `concurrency` runs at once, each with its own torch/OpenMP threads; with
 GPUs each process sees one device (CUDA_VISIBLE_DEVICES), which 1/gpus_per_trial runs share when that

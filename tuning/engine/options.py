@@ -10,10 +10,11 @@ import argparse
 import math
 import os
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 from hyperiqa.config import PRESETS, TrainConfig
-from hyperiqa.utils import UserError, atomic_write_text
+from hyperiqa.utils import UserError
 
 PATH_FIELDS = ("data_root", "split_file", "backbone_weights", "cache_dir")
 DATASETS_HELP = "koniq10k, livec, bid, live, csiq, tid2013, kadid10k, spaq, csv, demo, photos"
@@ -79,43 +80,15 @@ def writable_storage(path: str, flag: str = "--storage-path") -> str:
     return str(full)
 
 
-def write_experiment_file(experiment_path: str, name: str, text: str) -> None:
-    """Write `name` into the experiment folder: a local folder (atomically) or a storage URI."""
-    if is_uri(experiment_path):
-        import pyarrow.fs
-
-        fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path)
-        fs.create_dir(path, recursive=True)
-        with fs.open_output_stream(f"{path.rstrip('/')}/{name}") as fh:
-            fh.write(text.encode())
-    else:
-        atomic_write_text(Path(experiment_path) / name, text)
-
-
-def read_experiment_file(experiment_path: str, name: str, *, written_by: str) -> str:
-    """The text of `name` in the experiment folder (local or URI); a UserError naming the folder, the
-    file and the tool that writes it (`written_by`) if it is not there."""
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path) if is_uri(experiment_path) else \
-        (pyarrow.fs.LocalFileSystem(), experiment_path)
-    try:
-        with fs.open_input_stream(f"{path.rstrip('/')}/{name}") as fh:
-            return fh.readall().decode()
-    except (FileNotFoundError, OSError):
-        raise UserError(f"{experiment_path}: no {name}; not a folder written by {written_by} "
-                        "(give storage-path/name)") from None
-
-
 def check_name(name: str) -> str:
     if "/" in name or name.startswith("."):
         raise UserError(f"--name {name!r}: a plain folder name is expected (no '/', not starting with '.')")
     return name
 
 
-def base_config(args) -> TrainConfig:
+def base_config(dataset: str, data_root: str | None, sets: list[str]) -> TrainConfig:
     """--dataset's configuration (dataset_config), then --set."""
-    return dataset_config(args.dataset, args.data_root).with_overrides(args.set or [], source="--set")
+    return dataset_config(dataset, data_root).with_overrides(sets, source="--set")
 
 
 def dataset_config(dataset: str, data_root: str | None) -> TrainConfig:
@@ -141,16 +114,27 @@ def at_least(flag: str, value: int | None, low: int, meaning: str = "") -> int |
     return value
 
 
-def resources(args, unit: str = "trial") -> tuple[float, float, float]:
-    """(--gpus, GPUs per trial, CPUs per trial), checked."""
-    gpus = finite("--gpus", args.gpus)
-    if args.gpus_per_trial is not None:
-        finite(f"--gpus-per-{unit}", args.gpus_per_trial)
-    finite(f"--cpus-per-{unit}", args.cpus_per_trial)
+@dataclass(frozen=True)
+class Resources:
+    """What the resource flags ask for, checked: GPUs in total, each trial's (or run's) share, how many at once."""
+
+    gpus: float
+    gpus_per_trial: float
+    cpus_per_trial: float
+    max_concurrent: int | None = None  # None: as many at once as the resources allow
+
+
+def resources(gpus: float, gpus_per_trial: float | None, cpus_per_trial: float, max_concurrent: int | None,
+              unit: str = "trial") -> Resources:
+    """The values of add_resource_flags' flags (--gpus-per-<unit>: None when not given), checked."""
+    finite("--gpus", gpus)
+    if gpus_per_trial is not None:
+        finite(f"--gpus-per-{unit}", gpus_per_trial)
+    finite(f"--cpus-per-{unit}", cpus_per_trial)
     if gpus < 0:
         raise UserError(f"--gpus {gpus:g}: must be >= 0 (0 = CPU only)")
     flag = f"--gpus-per-{unit}"
-    per_trial = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if gpus else 0.0)
+    per_trial = gpus_per_trial if gpus_per_trial is not None else (1.0 if gpus else 0.0)
     if gpus == 0 and per_trial:
         raise UserError(f"{flag} {per_trial:g} needs --gpus N (GPUs in total; 0 means CPU only)")
     if gpus and not 0 < per_trial <= gpus:
@@ -158,20 +142,21 @@ def resources(args, unit: str = "trial") -> tuple[float, float, float]:
     if per_trial > 1:
         raise UserError(f"{flag} {per_trial:g}: a {unit} trains on one GPU (no data parallelism), so "
                         "more would be reserved and left idle; use 1, or a fraction such as 0.5 to share a GPU")
-    if args.cpus_per_trial <= 0:
-        raise UserError(f"--cpus-per-{unit} {args.cpus_per_trial:g}: must be > 0")
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise UserError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
-    return float(gpus), float(per_trial), float(args.cpus_per_trial)
+    if cpus_per_trial <= 0:
+        raise UserError(f"--cpus-per-{unit} {cpus_per_trial:g}: must be > 0")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise UserError(f"--max-concurrent {max_concurrent}: must be >= 1")
+    return Resources(float(gpus), float(per_trial), float(cpus_per_trial), max_concurrent)
 
 
-def for_ray(cfg: TrainConfig, gpus_per_trial: float, cpus_per_trial: float) -> TrainConfig:
-    """The config as a Ray trial runs it: its device, threads and GPU share; every path absolute
-    (trials do not run in the launch folder)."""
+def for_ray(cfg: TrainConfig, resources: Resources, **changes) -> TrainConfig:
+    """The config as a Ray trial runs it, with `changes` (one validation for both): its device, threads and
+    GPU share; every path absolute (trials do not run in the launch folder)."""
+    share = resources.gpus_per_trial
     return cfg.replace(
-        device="cuda" if gpus_per_trial else "cpu", num_threads=max(1, math.floor(cpus_per_trial)),
+        **changes, device="cuda" if share else "cpu", num_threads=max(1, math.floor(resources.cpus_per_trial)),
         # A trial sharing a GPU must not take the whole card: cap its memory to its share.
-        gpu_memory_fraction=gpus_per_trial if 0 < gpus_per_trial < 1 else cfg.gpu_memory_fraction,
+        gpu_memory_fraction=share if 0 < share < 1 else cfg.gpu_memory_fraction,
         **{f: absolute(getattr(cfg, f)) for f in PATH_FIELDS if getattr(cfg, f)})
 
 

@@ -3,7 +3,8 @@
 A RunSet is a list of complete TrainConfigs, each with an id and labels (variant, seed, split...). The
 runs go to Ray as one grid over their ids, through the search's own launch code (resources, per-node
 checks, storage, logs, retries, resume); each reports every epoch, and `collect` returns their curves.
-The RunSet is saved beside the experiment (RUNS_FILE) so --resume and re-summarising need only the path.
+The RunSet is the experiment's record (experiment_folder.save_record): --resume and re-summarising need
+only the path.
 """
 
 from __future__ import annotations
@@ -15,20 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hyperiqa.config import TrainConfig
-from hyperiqa.utils import UserError
 from tuning.engine import experiment_folder
+from tuning.engine.experiment_folder import KINDS, Kind
 from tuning.engine.options import (
+    Resources,
     absolute,
     check_dataset,
     check_name,
     for_ray,
-    read_experiment_file,
     resume_command,
     writable_storage,
-    write_experiment_file,
 )
-
-RUNS_FILE = "hyperiqa_runs.json"
 
 
 @dataclass(frozen=True)
@@ -56,32 +54,27 @@ class RunSet:
     def configs(self) -> dict[str, dict]:
         return {r["id"]: r["config"] for r in self.runs}
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
-    @classmethod
-    def from_json(cls, text: str, *, source: str) -> RunSet:
-        try:
-            data = json.loads(text)
-            data["runs"] = tuple(data["runs"])
-            return cls(**data)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise UserError(f"{source}: not a run description written by tuning/ablate.py or confirm.py ({exc})") from None
+@dataclass(frozen=True)
+class RunOptions:
+    """What ablate.py and confirm.py ask of a run set besides its runs: resources, and where it goes."""
+
+    resources: Resources
+    storage_path: str
+    name: str | None = None  # None: <default_name>-<time>
+    out: str | None = None   # None: <kind>_results/<name>
 
 
-def make_runset(kind: str, runs: list[tuple[str, dict, TrainConfig]], args, *, metric: str, default_name: str,
-                settings: dict | None = None) -> RunSet:
+def make_runset(kind: str, runs: list[tuple[str, dict, TrainConfig]], options: RunOptions, *, metric: str,
+                default_name: str, settings: dict | None = None) -> RunSet:
     """Check every configuration for Ray (device, threads, GPU share, absolute paths) and its dataset."""
-    from tuning.engine.options import resources
-
-    gpus, per_trial, cpus = resources(args, unit="run")
     ids = [run_id for run_id, _, _ in runs]
     if len(set(ids)) != len(ids):
         raise ValueError(f"run ids must be unique: {ids}")
     checked: set[str] = set()
     out = []
     for run_id, labels, cfg in runs:
-        cfg = for_ray(cfg, per_trial, cpus)
+        cfg = for_ray(cfg, options.resources)
         key = json.dumps({k: cfg.to_dict()[k] for k in ("dataset", "data_root", "dataset_options", "split",
                                                         "split_file", "split_seed", "seed", "val_fraction",
                                                         "test_fraction", "selection_metric")}, sort_keys=True)
@@ -89,20 +82,26 @@ def make_runset(kind: str, runs: list[tuple[str, dict, TrainConfig]], args, *, m
             check_dataset(cfg)
             checked.add(key)
         out.append({"id": run_id, "labels": labels, "config": cfg.to_dict()})
-    name = check_name(args.name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    storage = writable_storage(args.storage_path)
-    out_dir = absolute(args.out or str(Path(f"{kind}_results") / name))
-    return RunSet(kind, tuple(out), metric, gpus, per_trial, cpus, storage, name, out_dir, args.max_concurrent,
-                  settings or {})
+    name = check_name(options.name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    storage = writable_storage(options.storage_path)
+    out_dir = absolute(options.out or str(Path(f"{kind}_results") / name))
+    r = options.resources
+    return RunSet(kind, tuple(out), metric, r.gpus, r.gpus_per_trial, r.cpus_per_trial, storage, name, out_dir,
+                  r.max_concurrent, settings or {})
 
 
 def save_runset(runset: RunSet) -> None:
-    write_experiment_file(runset.experiment_path, RUNS_FILE, runset.to_json())
+    experiment_folder.save_record(runset.experiment_path, KINDS[runset.kind], dataclasses.asdict(runset))
 
 
-def load_runset(experiment_path: str) -> RunSet:
-    text = read_experiment_file(experiment_path, RUNS_FILE, written_by="tuning/ablate.py or confirm.py")
-    return RunSet.from_json(text, source=f"{experiment_path}/{RUNS_FILE}")
+def load_runset(experiment_path: str, kind: Kind) -> RunSet:
+    """The RunSet of a `kind` experiment (experiment_folder.ABLATION or CONFIRMATION)."""
+    return experiment_folder.load_record(experiment_path, kind, runset_builder(kind))
+
+
+def runset_builder(kind: Kind):
+    """Build a RunSet from its record's fields (experiment_folder.load_record, resume)."""
+    return lambda runs, **fields: RunSet(kind.name, tuple(runs), **fields)
 
 
 def execute(runset: RunSet, *, resume: bool = False, fn=None) -> tuple[dict[str, list[dict]], bool]:

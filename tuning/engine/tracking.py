@@ -55,22 +55,22 @@ def parse_log_to(values: list[str]) -> list[str]:
     return tools
 
 
-def plan_fields(args) -> dict:
-    """The tracking settings a Plan saves (so --resume and re-exports repeat them), checked and absolute."""
-    tools = parse_log_to(args.log_to or [])
-    if args.mlflow_uri and "mlflow" not in tools:
+def plan_fields(log_to: list[str], mlflow_uri: str | None, wandb_project: str | None,
+                optuna_storage: str | None) -> dict:
+    """The tracking settings a Plan saves (so --resume and re-exports repeat them) from the values of
+    add_flags' flags (None: not given), checked and absolute."""
+    tools = parse_log_to(log_to)
+    if mlflow_uri and "mlflow" not in tools:
         raise UserError("--mlflow-uri is used with --log-to mlflow; add it")
-    if args.wandb_project and "wandb" not in tools:
+    if wandb_project and "wandb" not in tools:
         raise UserError("--wandb-project is used with --log-to wandb; add it")
-    mlflow_uri = None
-    if "mlflow" in tools:
-        mlflow_uri = absolute_store_uri(args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                                        or "sqlite:///mlflow.db", "--mlflow-uri")
-    wandb_project = (args.wandb_project or os.environ.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT) \
+    mlflow_uri = absolute_store_uri(mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db",
+                                    "--mlflow-uri") if "mlflow" in tools else None
+    wandb_project = (wandb_project or os.environ.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT) \
         if "wandb" in tools else None
-    storage = absolute_store_uri(args.optuna_storage, "--optuna-storage") if args.optuna_storage else None
+    storage = absolute_store_uri(optuna_storage, "--optuna-storage") if optuna_storage else None
     if storage and "://" not in storage.split("?")[0]:
-        raise UserError(f"--optuna-storage {args.optuna_storage}: a database URL is expected, e.g. "
+        raise UserError(f"--optuna-storage {optuna_storage}: a database URL is expected, e.g. "
                         "sqlite:///exports/study.db or postgresql://user:password@host/db")
     return {"log_to": tools, "mlflow_uri": mlflow_uri, "wandb_project": wandb_project, "optuna_storage": storage}
 

@@ -24,11 +24,11 @@ from tuning.engine.options import (
     add_cluster_flags,
     add_data_flags,
     add_resource_flags,
+    resources,
     resume_command,
-    writable_storage,
 )
 from tuning.sweep import crosseval
-from tuning.sweep.plan import SEARCH_FILE, describe_defaults, make_plan
+from tuning.sweep.plan import Plan, SearchFlags, describe_defaults, make_plan
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
     """The CLI; `trial_fn` replaces the training function of every trial (tests only)."""
     args = build_parser().parse_args(argv)
     confirm.check_search_flags(args)
-    plan = resume_plan(args) if args.resume else new_plan(args)
+    plan = resume_plan(args) if args.resume else new_plan(search_flags(args))
     from tuning.engine.result_folder import check_export_dir
 
     check_export_dir(plan.export_dir, plan.experiment_path)  # refused now, not after the search has run
@@ -122,28 +122,35 @@ def _search(args, plan, trial_fn) -> int:
     if failed:
         print(f"error: {failed}", file=sys.stderr)
         return 1
-    if args.confirm and confirm.after_search(args, plan, result):
+    if args.confirm and confirm.after_search(plan, result, top=args.confirm, splits=args.confirm_splits,
+                                             sets=args.set):
         return 130
     return 0
 
 
-def new_plan(args):
-    plan = make_plan(args)  # every check that needs no Ray: space, --set, dataset, resources
+def search_flags(args: argparse.Namespace) -> SearchFlags:
+    """The flags of a new search, typed; resources and tracking checked (make_plan checks the rest)."""
+    return SearchFlags(
+        dataset=args.dataset, data_root=args.data_root, sets=tuple(args.set), space=args.space, metric=args.metric,
+        searcher=args.searcher, seed=args.seed, num_samples=args.num_samples, max_epochs=args.max_epochs,
+        grace_period=args.grace_period, reduction_factor=args.reduction_factor, patience=args.patience,
+        resources=resources(args.gpus, args.gpus_per_trial, args.cpus_per_trial, args.max_concurrent),
+        storage_path=args.storage_path, name=args.name, export_dir=args.export_dir,
+        keep_checkpoints=args.keep_checkpoints, cross=tuple(args.cross),
+        tracking=tracking.plan_fields(args.log_to, args.mlflow_uri, args.wandb_project, args.optuna_storage))
+
+
+def new_plan(flags: SearchFlags) -> Plan:
+    plan = make_plan(flags)  # every check that needs no Ray: space, --set, dataset
     if plan.metric.startswith("test_"):
         print(f"warning: --metric {plan.metric} selects trials and epochs on the TEST split (the paper's protocol): "
               "the reported test score is optimistic; use val_srcc for an honest estimate", file=sys.stderr)
     return plan
 
 
-def resume_plan(args):
-    from tuning.sweep.plan import load_plan
-
-    storage = writable_storage(args.storage_path)
-    name = args.name or experiment_folder.newest(storage, SEARCH_FILE, what="experiment")
-    plan = load_plan(f"{storage.rstrip('/')}/{name}")
-    experiment_folder.check_resumable(plan.experiment_path, "`python tuning/export.py "
-                                      f"{plan.experiment_path}` exports what its trials saved")
-    print(f"resuming {plan.experiment_path} with its saved settings (other search flags are ignored)")
+def resume_plan(args: argparse.Namespace) -> Plan:
+    plan = experiment_folder.resume(args.storage_path, args.name, experiment_folder.SEARCH, Plan,
+                                    instead="`python tuning/export.py {experiment}` exports what its trials saved")
     if args.export_dir:
         import dataclasses
 

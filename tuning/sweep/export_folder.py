@@ -153,7 +153,7 @@ def _export_best(best, best_row: report.TrialRow, plan: Plan, space, tmp: Path) 
     # Runtime settings the search chose for sharing its machines (a GPU share, one thread); a standalone
     # run, evaluate or predict picks its own. Checkpoints written before they were reset get it here.
     _make_portable(tmp / "checkpoint" / CONFIG)
-    cfg = space.config_for(plan.base_config, best.config or {}, source="best trial").portable()
+    cfg = space.config_for(plan.base, best.config or {}, source="best trial").portable()
     cfg.save(tmp / "best_config.yaml")
     return {"trial": best_row.trial_id, "params": best.config, "metric": plan.metric, **_plain(ckpt_metrics)}
 

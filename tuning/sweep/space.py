@@ -112,9 +112,10 @@ class SearchSpace:
     def distributions(self) -> dict:
         return {p.name: p.distribution() for p in self.params}
 
-    def config_for(self, base: TrainConfig, params: dict[str, Any], *, source: str = "trial") -> TrainConfig:
-        """The base configuration with this space's fixed values and the sampled ones, validated."""
-        return TrainConfig.from_dict({**base.to_dict(), **self.fixed, **params}, source=source)
+    def config_for(self, base: dict[str, Any], params: dict[str, Any], *, source: str = "trial") -> TrainConfig:
+        """The base configuration (a validated TrainConfig's fields: Plan.base) with this space's fixed values
+        and the sampled ones, validated once."""
+        return TrainConfig.from_dict({**base, **self.fixed, **params}, source=source)
 
 
 def space_path(name_or_path: str) -> Path:

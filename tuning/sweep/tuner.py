@@ -10,7 +10,6 @@ from typing import Any
 
 from ray import tune
 
-from hyperiqa.config import TrainConfig
 from hyperiqa.utils import UserError
 from tuning.engine.launch import max_concurrent, run_config
 from tuning.engine.ray_private import restored_tune_config
@@ -24,8 +23,7 @@ from tuning.sweep.space import SearchSpace
 
 def train_trial(config: dict[str, Any], *, base: dict, space: SearchSpace, metric: str) -> None:
     """A search trial: the base configuration with the space's fixed and sampled values."""
-    run_trial(lambda: space.config_for(TrainConfig.from_dict(base), config, source="sampled configuration"),
-              f"sampled {config}", metric)
+    run_trial(lambda: space.config_for(base, config, source="sampled configuration"), f"sampled {config}", metric)
 
 
 def make_trainable(plan: Plan, fn=train_trial):
