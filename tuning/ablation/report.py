@@ -10,10 +10,14 @@ import csv
 import io
 import math
 import warnings
+from itertools import cycle
 from pathlib import Path
+
+import numpy as np
 
 from hyperiqa.text import csv_number
 from hyperiqa.utils import atomic_write_text
+from tuning import curves_plot
 from tuning.ablation import stats as S
 from tuning.ablation.stats import pm
 from tuning.ablation.summary import answer, summary_markdown
@@ -114,56 +118,51 @@ def write_folder(out_dir: str | Path, runs: list[dict], curves: dict[str, list[d
     return stats, "\n".join(sentences)
 
 
+# tab10 without its red and grey: those would read as `all` and `fixed`
+OTHER_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
 def plot(curves: list[S.RunCurve], stats: list[S.VariantStats], path: Path, *, title: str) -> None:
     """Val, test and train SRCC per epoch: each variant's mean over seeds, the band spanning its seeds.
 
     The train panel draws patch-level SRCC (during the epoch) solid and, where the runs reported it,
     image-level SRCC on fixed training images (after the epoch) dashed; the panels share one y scale,
     so the image-level train curve reads against val and test directly."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    panels = (("val", "val SRCC (image level)"), ("test", "test SRCC (image level)"),
-              ("train", "train SRCC: patch level during the epoch (solid),\nimage level after it (dashed)"))
-    # (panel, attribute, line style): the image-level train curve shares the train panel
-    lines = ((0, "val", "-"), (1, "test", "-"), (2, "train", "-"), (2, "train_image", "--"))
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5), sharex=True, sharey=True)
+    panels = [curves_plot.Panel("val SRCC (image level)"), curves_plot.Panel("test SRCC (image level)"),
+              curves_plot.Panel("train SRCC: patch level during the epoch (solid),\nimage level after it (dashed)")]
     emphasis = {S.FIXED: ("black", 2.6), S.ALL: ("tab:red", 2.6)}
-    # tab10 without its red and grey: those would read as `all` and `fixed`
-    others = iter([c for i, c in enumerate(plt.get_cmap("tab10").colors) if i not in (3, 7)] * 2)
+    others = cycle(OTHER_COLORS)
+    series = []
     for s in stats:
         mine = [c for c in curves if c.variant == s.variant and c.epochs]
         if not mine:
             continue
         color, width = emphasis.get(s.variant) or (next(others), 1.3)
         epochs = sorted({e for c in mine for e in c.epochs})
-        for panel, attr, style in lines:
-            ax = axes[panel]
-            grid = np.array([[_at(c, attr, e) for e in epochs] for c in mine])
-            if not np.isfinite(grid).any():
-                continue
-            with np.errstate(all="ignore"), warnings.catch_warnings():  # an epoch no seed has: a gap in the line
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean, low, high = np.nanmean(grid, axis=0), np.nanmin(grid, axis=0), np.nanmax(grid, axis=0)
-            label = (s.variant + (" (no effect)" if s.no_effect else "")) if style == "-" else None
-            ax.plot(epochs, mean, color=color, lw=width, marker="o" if style == "-" else None, ms=3,
-                    ls=":" if s.no_effect and style == "-" else style, label=label)
-            if len(mine) > 1:
-                ax.fill_between(epochs, low, high, color=color, alpha=0.10, lw=0)
-    for ax, (_, label) in zip(axes, panels):
-        ax.set_xlabel("epoch")
-        ax.set_title(label, fontsize=10)
-        ax.grid(alpha=0.3)
+        solid = {panel: _spread(mine, attr, epochs) for panel, attr in enumerate(("val", "test", "train"))}
+        series.append(curves_plot.Series(s.variant + (" (no effect)" if s.no_effect else ""),
+                                         {panel: c for panel, c in solid.items() if c is not None}, color=color,
+                                         width=width, style=":" if s.no_effect else "-", marker="o"))
+        image = _spread(mine, "train_image", epochs)  # shares the train panel, dashed
+        if image is not None:
+            series.append(curves_plot.Series(None, {2: image}, color=color, width=width, style="--"))
     seeds = max((len(s.runs) for s in stats), default=0)
-    fig.suptitle(f"{title}: mean over {seeds} seed(s); band = lowest to highest seed", fontsize=11)
-    handles, labels = axes[1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4) or 1, fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    curves_plot.plot(panels, series, path, title=f"{title}: mean over {seeds} seed(s); band = lowest to highest seed",
+                     legend=curves_plot.LEGEND_BELOW, dpi=100)
+
+
+def _spread(mine: list[S.RunCurve], attr: str, epochs: list[int]) -> curves_plot.Curve | None:
+    """The seeds' mean per epoch, with the band from the lowest to the highest seed when there are several;
+    None when no seed reported a finite value."""
+    grid = np.array([[_at(c, attr, e) for e in epochs] for c in mine])
+    if not np.isfinite(grid).any():
+        return None
+    with np.errstate(all="ignore"), warnings.catch_warnings():  # an epoch no seed has: a gap in the line
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean, low, high = np.nanmean(grid, axis=0), np.nanmin(grid, axis=0), np.nanmax(grid, axis=0)
+    if len(mine) == 1:
+        return curves_plot.Curve(epochs, list(mean))
+    return curves_plot.Curve(epochs, list(mean), list(low), list(high))
 
 
 def _at(curve: S.RunCurve, attr: str, epoch: int) -> float:

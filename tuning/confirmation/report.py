@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from hyperiqa.text import fmt
-from tuning import run_stats
+from tuning import curves_plot, run_stats
 from tuning.run_stats import RESAMPLES, bootstrap_mean, describe, finite
 
 PROTOCOLS = {"honest": "val_srcc", "paper": "test_srcc"}  # protocol -> the metric that picks the epoch
@@ -161,32 +161,23 @@ def summary_markdown(title: str, facts: list[str], candidates: list[dict], resul
 
 def plot_curves(candidates: list[dict], curves: dict[str, list[list[dict]]], path) -> None:
     """curves: {candidate id: [one run's reports per split]}; val and test SRCC per epoch, mean ± std band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    keys = ("val_srcc", "test_srcc")
+    series = []
     for c in candidates:
         runs = curves.get(c.get("same_as") or c["id"], [])
-        for ax, key in zip(axes, ("val_srcc", "test_srcc")):
-            epochs = sorted({int(r["epoch"]) for run in runs for r in run})
+        epochs = sorted({int(r["epoch"]) for run in runs for r in run})
+        if not epochs:
+            continue
+        per_panel = {}
+        for index, key in enumerate(keys):
             means, stds = [], []
             for e in epochs:
                 values = [r[key] for run in runs for r in run if int(r["epoch"]) == e and finite(r.get(key))]
                 means.append(np.mean(values) if values else np.nan)
                 stds.append(np.std(values) if len(values) > 1 else 0.0)
-            if not epochs:
-                continue
             m, s = np.array(means), np.array(stds)
-            line, = ax.plot(epochs, m, marker="o", ms=3, label=f"{c['label']} ({len(runs)} splits)")
-            ax.fill_between(epochs, m - s, m + s, color=line.get_color(), alpha=0.15)
-    for ax, key in zip(axes, ("val SRCC", "test SRCC")):
-        ax.set_xlabel("epoch")
-        ax.set_title(f"{key} per epoch (mean over splits, band ± 1 std)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("SRCC")
-    axes[1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            per_panel[index] = curves_plot.Curve(epochs, list(m), list(m - s), list(m + s))
+        series.append(curves_plot.Series(f"{c['label']} ({len(runs)} splits)", per_panel, marker="o"))
+    panels = [curves_plot.Panel(f"{name} per epoch (mean over splits, band ± 1 std)", ylabel=ylabel)
+              for name, ylabel in (("val SRCC", "SRCC"), ("test SRCC", ""))]
+    curves_plot.plot(panels, series, path)

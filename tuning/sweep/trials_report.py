@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hyperiqa.text import csv_number
+from tuning import curves_plot
 from tuning.run_stats import MIN_DROP, finite, peak
 
 # How a trial ended (trials.csv "ended" column).
@@ -147,33 +148,21 @@ def text_table(entries: list[dict[str, Any]], hide: tuple[str, ...] = ("message"
 
 def plot_curves(rows: list[TrialRow], metric: str, best_id: str | None, path) -> None:
     """The metric per epoch for every trial; a trial's line ends where it stopped, with a marker per ending."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     markers = {COMPLETED: "o", ASHA: "x", DECLINE: "v", DIVERGED: "D", ERROR: "s", UNFINISHED: ">"}
-    fig, ax = plt.subplots(figsize=(8, 5))
+    series = []
     for row in rows:
         points = [(e, v) for e, v in row.curve if math.isfinite(v)]
         if not points:
             continue
-        xs, ys = zip(*points)
         best = row.trial_id == best_id
-        line, = ax.plot(xs, ys, lw=2.5 if best else 1.0, alpha=1.0 if best else 0.6,
-                        ls="-" if row.ended == COMPLETED else "--", label=f"{row.trial_id} ({row.ended})")
-        ax.plot(xs[-1:], ys[-1:], markers.get(row.ended, "."), color=line.get_color(), ms=8)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per epoch (dashed: stopped before the last epoch; thick: best trial)")
-    ax.grid(alpha=0.3)
-    if ax.get_lines():
-        ax.legend(fontsize=7, loc="lower right")
-    else:  # no trial reported a finite value (e.g. every one failed to start): say so on the figure
-        ax.text(0.5, 0.5, f"no trial reported a finite {metric}", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        series.append(curves_plot.Series(
+            f"{row.trial_id} ({row.ended})", {0: curves_plot.Curve(*map(list, zip(*points)))},
+            width=2.5 if best else 1.0, alpha=1.0 if best else 0.6, style="-" if row.ended == COMPLETED else "--",
+            end_marker=markers.get(row.ended, ".")))
+    # no trial reported a finite value (e.g. every one failed to start): the empty text says so on the figure
+    panel = curves_plot.Panel(f"{metric} per epoch (dashed: stopped before the last epoch; thick: best trial)",
+                              ylabel=metric, empty_text=f"no trial reported a finite {metric}")
+    curves_plot.plot([panel], series, path)
 
 
 RELIABLE_TRIALS = 10  # fewer trials with a value at ASHA's first rung: importance.json says unreliable
