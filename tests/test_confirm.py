@@ -191,6 +191,13 @@ def test_confirm_cli_end_to_end(tiny_cfg, tmp_path):
     summary = (out / "summary.md").read_text()
     assert "the baseline beyond split noise" in summary and "split seeds [1, 2]" in summary
     assert (out / "curves.png").is_file() and "report:" in proc.stdout
+    # --summarize writes the same report again from the experiment folder alone, running nothing
+    assert confirm.main(["--summarize", str(tmp_path / "ray" / "conf"), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "confirm.csv").read_text() == (out / "confirm.csv").read_text()
+    with pytest.raises(UserError, match="written by tuning/confirm.py, not tuning/ablate.py"):
+        from tuning.ablation import experiment as ablate
+
+        ablate.main(["--summarize", str(tmp_path / "ray" / "conf")])
 
 
 def test_search_then_confirm_the_top_trial(tiny_dataset, tiny_cache_dir, tmp_path):

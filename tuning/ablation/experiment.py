@@ -124,11 +124,7 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
             from tuning.engine import local_runs
 
             return finish(runset, local_runs.collect(runset), args.out)
-        try:
-            curves = runner.collect(runset)
-        except ValueError as exc:  # the runs file was written, but Ray saved no experiment state yet
-            raise UserError(f"--summarize {args.summarize}: no Ray Tune experiment state there ({exc})") from None
-        return finish(runset, curves, args.out)
+        return finish(runset, runner.collect_saved(runset), args.out)
     if args.time_limit is not None and args.time_limit <= 0:
         raise UserError(f"--time-limit {args.time_limit:g}: must be > 0 (seconds)")
     runset = resume_runset(args) if args.resume else new_runset(args)

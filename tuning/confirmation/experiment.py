@@ -2,6 +2,7 @@
 
     python tuning/confirm.py exports/<search> [more exports or config YAMLs] [--splits 10] [--out DIR]
     python tuning/search.py ... --confirm 3        # the same, on the search's top 3 trials, after its export
+    python tuning/confirm.py --summarize ray_results/NAME   # write the report of a confirmation again
 
 The best of many trials picked on one validation split is optimistic until it is confirmed on other
 splits. Every configuration (the inputs and a baseline: the paper's configuration, or the preset of
@@ -68,11 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--resume", action="store_true",
                    help="continue the confirmation --name (default: the newest under --storage-path)")
     o.add_argument("--out", metavar="DIR", help="report folder (default confirm_results/<name>)")
+    o.add_argument("--summarize", metavar="EXPERIMENT_PATH",
+                   help="write the report of a finished or interrupted confirmation (storage path/name) again "
+                        "and exit; runs nothing")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.summarize:
+        runset = runner.load_runset(absolute(args.summarize), experiment_folder.CONFIRMATION)
+        write_report(replace(runset, out_dir=absolute(args.out)) if args.out else runset, runner.collect_saved(runset))
+        return 0
     if args.resume:
         runset = resume_runset(args)
     else:

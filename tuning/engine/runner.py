@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hyperiqa.config import TrainConfig
+from hyperiqa.errors import UserError
 from tuning.engine import experiment_folder
 from tuning.engine.experiment_folder import KINDS, Kind
 from tuning.engine.options import (
@@ -120,6 +121,14 @@ def execute(runset: RunSet, *, resume: bool = False, fn=None) -> tuple[dict[str,
                                                  resume_command(f"{runset.kind}.py", runset.experiment_path)):
         interrupted = launch.fit(tuner)
     return collect(runset), interrupted
+
+
+def collect_saved(runset: RunSet) -> dict[str, list[dict]]:
+    """collect() for --summarize (it runs nothing): one line if Ray saved no experiment state there yet."""
+    try:
+        return collect(runset)
+    except ValueError as exc:  # the runs file was written, but Ray saved no experiment state yet
+        raise UserError(f"--summarize {runset.experiment_path}: no Ray Tune experiment state there ({exc})") from None
 
 
 def collect(runset: RunSet) -> dict[str, list[dict]]:
