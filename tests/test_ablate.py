@@ -242,7 +242,8 @@ def ablate_argv(tiny_dataset, tiny_cache_dir, root: Path) -> list[str]:
             "cache_workers=1"]
     return [sys.executable, str(ROOT / "tuning" / "ablate.py"), "--dataset", "csv", "--data-root", str(tiny_dataset),
             *[a for s in sets for a in ("--set", s)], "--seeds", "2", "--variants", "fixed,all",
-            "--max-concurrent", "2", "--storage-path", str(root / "ray"), "--name", "abl", "--out", str(root / "out")]
+            "--max-concurrent", "2", "--storage-path", str(root / "ray"), "--name", "abl", "--out", str(root / "out"),
+            "--no-dashboard"]
 
 
 def no_ray_env(tmp_path: Path) -> dict:

@@ -175,7 +175,7 @@ def test_confirm_cli_end_to_end(tiny_cfg, tmp_path):
     tiny_cfg(backbone_lr=2e-3).save(a)
     argv = [sys.executable, str(ROOT / "tuning" / "confirm.py"), str(a), "--splits", "2",
             *[x for s in TINY[:-1] + ["epochs=1"] for x in ("--set", s)], "--max-concurrent", "2",
-            "--storage-path", str(tmp_path / "ray"), "--name", "conf", "--out", str(tmp_path / "out")]
+            "--storage-path", str(tmp_path / "ray"), "--name", "conf", "--out", str(tmp_path / "out"), "--no-dashboard"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "out"

@@ -1,7 +1,7 @@
 """--log-to tensorboard,mlflow,wandb, --optuna-storage and --cross on one tiny real search, every record
 read back with the tool's own client and compared with what the trials reported (result.json) and what
 the export says (trials.csv, metrics.json). Offline: MLflow and Optuna on sqlite files, W&B in offline
-mode. A scripted search killed and resumed checks that the study and the MLflow runs continue.
+mode. That the study and the MLflow runs continue after a kill and --resume is in tests/test_resume.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from hyperiqa.evaluation import evaluate_checkpoint
 from hyperiqa.utils import UserError
 from tests.test_evaluate import kadid, tid2013  # noqa: F401  (module fixtures: generated TID2013 and KADID-10k layouts)
 from tests.test_search import SPACE, results_per_trial, search_argv
-from tests.test_search_scripted import argv_for, kill_then_resume
 from tuning.engine import tracking
 from tuning.sweep import experiment as search
 from tuning.sweep.optuna_search import BestValueOptunaSearch
@@ -172,44 +171,6 @@ def test_reexport_repeats_the_saved_cross_datasets_and_the_export_flag_replaces_
     again = export_folder.export_experiment(str(tracked["experiment"]), str(tmp_path / "two"), log=lambda *_: None,
                                      progress=lambda *_: None)
     assert [e["dataset"] for e in again.cross] == ["tid2013", "kadid10k"]
-
-
-def test_resume_continues_the_optuna_study_and_the_mlflow_runs(tiny_dataset, tiny_cache_dir, tmp_path):
-    import mlflow
-
-    good, slow = repr(1e-3), repr(1e-6)
-    curves = {good: [0.5, 0.6, 0.7], slow: [0.1, 0.2, 0.3]}
-    pause = tmp_path / "pause"
-    pause.mkdir()
-    (pause / "pause.json").write_text(json.dumps({slow: 1}))  # `slow` waits after epoch 1 for the kill
-    urls = {"mlflow": f"sqlite:///{tmp_path}/mlflow.db", "optuna": f"sqlite:///{tmp_path}/study.db"}
-    argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, "resumed", "--max-epochs", "3",
-                    "--grace-period", "3", "--log-to", "mlflow", "--mlflow-uri", urls["mlflow"],
-                    "--optuna-storage", urls["optuna"])
-    experiment = tmp_path / "ray" / "resumed"
-    kill_then_resume(tmp_path, argv, curves, pause, experiment, slow)
-    with open(tmp_path / "export" / "trials.csv") as fh:
-        trials = {r["trial"]: r for r in csv.DictReader(fh)}
-    # One Optuna trial per Ray trial, each finished with the trial's best value: the resumed trial's
-    # epochs 2-3 went to the trial asked before the kill.
-    study = optuna.load_study(study_name="resumed", storage=urls["optuna"])
-    by_ray = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
-    assert set(by_ray) == set(trials) and len(study.trials) == len(trials)
-    for trial, t in by_ray.items():
-        assert t.state == optuna.trial.TrialState.COMPLETE
-        assert t.value == pytest.approx(float(trials[trial]["best_val_srcc"]))
-    assert sorted(t.value for t in study.trials) == [0.3, 0.7]
-    slow_trial = next(t for t in study.trials if t.value == pytest.approx(0.3))
-    assert slow_trial.intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3})
-    # One MLflow run per trial: the resumed trial logged on to the run it had.
-    mlflow.set_tracking_uri(urls["mlflow"])
-    runs = mlflow.search_runs(experiment_names=["resumed"])
-    assert sorted(runs[f"tags.{tracking.TRIAL_TAG}"]) == sorted(trials)
-    assert set(runs["status"]) == {"FINISHED"}
-    slow_id = slow_trial.user_attrs["ray_trial_id"]
-    run_id = runs.loc[runs[f"tags.{tracking.TRIAL_TAG}"] == slow_id, "run_id"].item()
-    history = mlflow.MlflowClient(urls["mlflow"]).get_metric_history(run_id, "val_srcc")
-    assert sorted(m.value for m in history) == pytest.approx([0.1, 0.2, 0.3])
 
 
 def test_a_restored_searcher_catches_up_with_its_database(tmp_path):

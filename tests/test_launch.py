@@ -16,6 +16,7 @@ from ray import tune
 from hyperiqa.solver import Solver
 from hyperiqa.utils import UserError
 from tuning.engine import launch, trainable
+from tuning.sweep import experiment as search
 
 
 class _AuthModeHandler(http.server.BaseHTTPRequestHandler):
@@ -68,6 +69,19 @@ def test_dashboard_flags_with_address_warn_that_they_are_ignored(monkeypatch):
     lines.clear()
     launch.start_ray("10.0.0.1:6379", None, None, log=lines.append)
     assert not any(line.startswith("warning") for line in lines)
+
+
+def test_no_dashboard_starts_a_local_ray_without_it_and_refuses_dashboard_flags(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs) or SimpleNamespace(dashboard_url=None))
+    lines: list[str] = []
+    launch.start_ray(None, None, None, log=lines.append, dashboard=False)
+    assert seen["include_dashboard"] is False and "dashboard_host" not in seen
+    assert lines == ["Ray dashboard: not started (--no-dashboard)"]
+    with pytest.raises(UserError, match="^--no-dashboard: --dashboard-host and --dashboard-port .*one or the other$"):
+        launch.start_ray(None, None, 8266, log=lines.append, dashboard=False)
+    parsed = search.build_parser().parse_args(["--no-dashboard"])
+    assert parsed.dashboard is False and search.build_parser().parse_args([]).dashboard is True
 
 
 def test_a_refused_token_is_one_line(monkeypatch):

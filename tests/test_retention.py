@@ -1,16 +1,12 @@
-"""--keep-checkpoints (tuning/engine/retention.py): which checkpoint files a search keeps, that a killed search still
-resumes from its trials' latest checkpoints, and that the export still takes the best epoch of the best trial."""
+"""--keep-checkpoints (tuning/engine/retention.py): which checkpoint files a search keeps, and that the export still
+takes the best epoch of the best trial. That a killed search resumes from its trials' latest checkpoints is in
+tests/test_resume.py."""
 
 from __future__ import annotations
 
 import functools
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.fs
@@ -18,9 +14,8 @@ import pytest
 import ray
 
 from hyperiqa.checkpoint import TRAINER_STATE, WEIGHTS
-from tests.stub_trials import PAUSED_PREFIX, kill_paused, scripted
-from tests.test_search import ROOT
-from tests.test_search_scripted import _snapshot_has_checkpoint, argv_for, rows, trial_ids_by_lr
+from tests.stub_trials import scripted
+from tests.test_search_scripted import argv_for, rows, trial_ids_by_lr
 from tuning import search
 from tuning.engine import retention
 
@@ -146,61 +141,3 @@ def test_search_keeps_best_weights_per_trial_then_only_the_top_k(tiny_dataset, t
     ended = {lr: rows(export)[ids[lr]]["ended"] for lr in CURVES}
     assert ended == {repr(1e-3): "completed", repr(1e-4): "completed", repr(1e-5): "stopped by ASHA"}
     assert "--keep-checkpoints top-2: removed the weights of 1 trials outside the 2 best" in capsys.readouterr().out
-
-
-DRIVER = """
-import functools, json, sys
-from tests.stub_trials import scripted
-from tuning import search
-argv, curves, pause_dir, files = json.loads(sys.argv[1])
-sys.exit(search.main(argv, trial_fn=functools.partial(scripted, curves=curves, pause_dir=pause_dir, files=files)))
-"""
-
-
-@pytest.mark.timeout(600)
-def test_a_killed_search_resumes_from_the_latest_checkpoint_which_kept_its_optimizer_state(
-        tiny_dataset, tiny_cache_dir, tmp_path):
-    curves = {repr(1e-3): [0.5, 0.9, 0.6, 0.7]}  # best at epoch 2; paused after epoch 3
-    pause = tmp_path / "pause"
-    pause.mkdir()
-    (pause / "pause.json").write_text(json.dumps({repr(1e-3): 3}))
-    argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, "resumed", "--max-epochs", "4",
-                    "--grace-period", "4", "--keep-checkpoints", "best")
-    experiment = tmp_path / "ray" / "resumed"
-    cmd = [sys.executable, "-c", DRIVER]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(tmp_path / "run1.log", "w") as log:
-        proc = subprocess.Popen([*cmd, json.dumps([argv, curves, str(pause), FILES])], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 300  # a Ray worker may take minutes to start on a loaded 2-core machine
-        while time.monotonic() < deadline and proc.poll() is None and not (
-                any(pause.glob(f"{PAUSED_PREFIX}*")) and _at_epoch(experiment, 3)):
-            time.sleep(1)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        # The worker too: released by pause/resumed, it would write epoch 4's checkpoint, and the resumed trial
-        # would restore that (the newest whole folder) with no epoch left to report.
-        kill_paused(pause)
-    assert _snapshot_has_checkpoint(experiment, repr(1e-3)), (tmp_path / "run1.log").read_text()[-3000:]
-    (trial_id, kept), = stored(experiment).items()
-    # Killed while running: the newest checkpoint (epoch 3) has both files, the older ones no optimizer state.
-    assert kept[3] == set(FILES) and all(files <= {WEIGHTS} for epoch, files in kept.items() if epoch != 3)
-    (pause / "resumed").touch()
-    resumed = subprocess.run([*cmd, json.dumps([[*argv, "--resume"], curves, str(pause), FILES])], cwd=ROOT,
-                             env=env, capture_output=True, text=True, timeout=240)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    result = [json.loads(line) for line in (Path(retention.trial_paths(str(experiment))[trial_id])
-                                            / "result.json").read_text().splitlines()]
-    assert [r["epoch"] for r in result][-1] == 4 and all(r["epoch"] != 1 for r in result[3:])  # continued, not restarted
-    final = stored(experiment)[trial_id]  # completed: the best epoch's weights, nothing else
-    assert final[2] == {WEIGHTS} and all(not files for epoch, files in final.items() if epoch != 2)
-    metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
-    assert (metrics["epoch"], metrics["val_srcc"]) == (2, 0.9)
-
-
-def _at_epoch(experiment: Path, epoch: int) -> bool:
-    """The trial's checkpoint of `epoch` is stored, the driver has processed it (no older checkpoint holds
-    optimizer state any more) and Ray's snapshot knows a checkpoint of the trial."""
-    kept = [v for trial in stored(experiment).values() for v in trial.items()]
-    processed = any(e == epoch for e, _ in kept) and all(TRAINER_STATE not in f for e, f in kept if e != epoch)
-    return processed and _snapshot_has_checkpoint(experiment, repr(1e-3))

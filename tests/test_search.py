@@ -46,7 +46,8 @@ def search_argv(tiny_dataset, tiny_cache_dir, root: Path) -> list[str]:
             *[a for s in sets for a in ("--set", s)], "--space", str(root / "space.yaml"),
             "--num-samples", str(NUM_TRIALS), "--max-epochs", str(MAX_EPOCHS), "--grace-period", "1",
             "--reduction-factor", "2", "--patience", "0", "--max-concurrent", "1", "--seed", "0",
-            "--storage-path", str(root / "ray"), "--name", "e2e", "--export-dir", str(root / "export")]
+            "--storage-path", str(root / "ray"), "--name", "e2e", "--export-dir", str(root / "export"),
+            "--no-dashboard"]  # tests/test_ports.py starts one; here it would cost each search 3 CPU-seconds
 
 
 def results_per_trial(experiment: Path) -> dict[str, list[dict]]:

@@ -4,7 +4,6 @@ do with a resumed experiment and with trials that diverge. Real Ray, real Tuner,
 from __future__ import annotations
 
 import csv
-import dataclasses
 import functools
 import json
 import math
@@ -23,15 +22,12 @@ import ray
 import yaml
 
 from hyperiqa.utils import UserError
-from tests.stub_trials import PAUSED_PREFIX, failing, kill_paused, scripted
+from tests.stub_trials import failing, scripted
 from tests.test_search import ROOT, search_argv
-from tuning.engine import ray_private
 from tuning.sweep import experiment as search
 from tuning.sweep import trials_report as report
-from tuning.sweep import tuner as tuner_module
 from tuning.sweep.export_folder import ExportResult
 from tuning.sweep.optuna_search import BestValueOptunaSearch
-from tuning.sweep.plan import load_plan
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -73,56 +69,6 @@ def study(experiment: Path) -> optuna.Study:
     searcher = BestValueOptunaSearch()
     searcher.restore_from_dir(str(experiment))
     return searcher._ot_study
-
-
-def test_resumed_trial_below_a_restored_rung_is_stopped(tiny_dataset, tiny_cache_dir, tmp_path):
-    good, bad = repr(1e-3), repr(1e-6)
-    curves = {good: [0.5, 0.6, 0.7, 0.8], bad: [0.1, 0.2, 0.3, 0.4]}
-    pause = tmp_path / "pause"
-    pause.mkdir()
-    (pause / "pause.json").write_text(json.dumps({bad: 1}))  # `bad` waits after epoch 1 for the kill
-    argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, "asha", "--max-epochs", "4",
-                    "--grace-period", "2", "--reduction-factor", "2")
-    experiment = tmp_path / "ray" / "asha"
-    kill_then_resume(tmp_path, argv, curves, pause, experiment, bad)
-    ids = trial_ids_by_lr(experiment)
-    trials = rows(tmp_path / "export")
-    # At epoch 2 (the rung) the resumed trial's 0.2 is below the finished trial's 0.6: stopped there.
-    # Before the rungs were replayed it was the first arrival at an empty rung and ran all 4 epochs.
-    assert trials[ids[bad]]["ended"] == "stopped by ASHA" and trials[ids[bad]]["epochs_run"] == "2"
-    assert trials[ids[good]]["ended"] == "completed"
-
-    # The concurrency of a resumed search is recomputed for the cluster it resumes on.
-    plan = dataclasses.replace(load_plan(str(experiment)), max_concurrent=None)
-    ray.init(num_cpus=3, include_dashboard=False)
-    try:
-        tuner = tuner_module.restore_tuner(plan, fn=functools.partial(scripted, curves=curves))
-        config = ray_private.restored_tune_config(tuner)
-        assert config.max_concurrent_trials == 2  # 3 CPUs, 2 trials (the run was created with 1)
-        assert config.scheduler.rungs()[2] == {ids[good]: 0.6, ids[bad]: 0.2}
-    finally:
-        ray.shutdown()
-
-
-def kill_then_resume(tmp_path: Path, argv: list[str], curves: dict, pause: Path, experiment: Path, lr: str) -> None:
-    """Run the scripted search in a driver process, SIGKILL the driver and its paused worker once that worker
-    waits and Ray's snapshot holds a checkpoint of its trial (the one with this lr), then finish it with --resume."""
-    cmd = [sys.executable, "-c", DRIVER, json.dumps([argv, curves, str(pause)])]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(tmp_path / "run1.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None and not (
-                any(pause.glob(f"{PAUSED_PREFIX}*")) and _snapshot_has_checkpoint(experiment, lr)):
-            time.sleep(1)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        kill_paused(pause)
-    assert _snapshot_has_checkpoint(experiment, lr), (tmp_path / "run1.log").read_text()[-3000:]
-    (pause / "resumed").touch()  # only the resumed run's trials see it
-    resumed = subprocess.run([*cmd[:3], json.dumps([[*argv, "--resume"], curves, str(pause)])], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=240)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
 
 def _snapshot_has_checkpoint(experiment: Path, lr: str) -> bool:

@@ -151,7 +151,7 @@ def _run(args, runset, trial_fn) -> int:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     from tuning.engine import launch
 
-    launch.start_ray(args.address, args.dashboard_host, args.dashboard_port)
+    launch.start_ray(args.address, args.dashboard_host, args.dashboard_port, dashboard=args.dashboard)
     start = time.monotonic()
     curves, interrupted = runner.execute(runset, resume=args.resume, **({"fn": trial_fn} if trial_fn else {}))
     print(f"\nablation {'interrupted' if interrupted else 'finished'} after {(time.monotonic() - start) / 60:.1f} min")

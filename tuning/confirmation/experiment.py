@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         from tuning.engine import launch
 
-        launch.start_ray(args.address, args.dashboard_host, args.dashboard_port)
+        launch.start_ray(args.address, args.dashboard_host, args.dashboard_port, dashboard=args.dashboard)
         return 130 if run_and_report(runset, resume=args.resume) else 0  # Ctrl-C: reported, and still a stop
 
 

@@ -25,8 +25,12 @@ KEEP_CHECKPOINTS = 2  # per trial, ranked by the metric: the best epoch survives
 DEFAULT_DASHBOARD_HOST = "127.0.0.1"
 
 
-def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: int | None, log=print) -> None:
+def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: int | None, log=print,
+              dashboard: bool = True) -> None:
     """Start a local Ray (dashboard on loopback unless told otherwise) or join `address`; print the dashboard URL."""
+    if not dashboard and (dashboard_host is not None or dashboard_port is not None):
+        raise UserError("--no-dashboard: --dashboard-host and --dashboard-port set up the dashboard it turns off; "
+                        "give one or the other")
     # Local workers inherit this environment: they import hyperiqa/tuning even when the project is not installed.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     # Trials log to their own train.log; Ray's INFO lines (one per checkpoint) would bury the progress table.
@@ -37,7 +41,7 @@ def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: i
         if dashboard_host is not None or dashboard_port is not None:
             log("warning: --dashboard-host/--dashboard-port are ignored with --address: the cluster's dashboard "
                 "was set up by `ray start --head` (give them there)")
-    elif missing:
+    elif missing or not dashboard:
         kwargs["include_dashboard"] = False
     else:
         host = dashboard_host or DEFAULT_DASHBOARD_HOST
@@ -59,6 +63,8 @@ def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: i
     url = getattr(context, "dashboard_url", None)
     if url:
         log(f"Ray dashboard: http://{url} ({auth_note(dashboard_auth_mode(url))})")
+    elif not dashboard and not address:
+        log("Ray dashboard: not started (--no-dashboard)")
     elif missing:
         log(f"Ray dashboard: not started, its packages are missing ({missing}); pip install 'ray[default]'")
     else:

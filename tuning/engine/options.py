@@ -49,6 +49,9 @@ def add_cluster_flags(g: argparse._ArgumentGroup, default_storage: str = "ray_re
                    "anything else prints a warning; ignored with --address)")
     g.add_argument("--dashboard-port", type=int, metavar="PORT",
                    help="dashboard port (default 8265 or the next free; ignored with --address)")
+    g.add_argument("--no-dashboard", dest="dashboard", action="store_false",
+                   help="start a local Ray without its dashboard (about 1.5 s and 3 CPU-seconds less at start; "
+                        "Ray's trial table still prints here)")
 
 
 def is_uri(path: str) -> bool:

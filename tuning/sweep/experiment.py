@@ -98,7 +98,7 @@ def _search(args, plan, trial_fn) -> int:
     from tuning.sweep.plan import save_plan
 
     tracking.prepare(plan, resume=args.resume)  # packages and stores checked before Ray starts
-    launch.start_ray(args.address, args.dashboard_host, args.dashboard_port)
+    launch.start_ray(args.address, args.dashboard_host, args.dashboard_port, dashboard=args.dashboard)
     fn = {"fn": trial_fn} if trial_fn else {}
     if args.resume:
         tuner = tuner_module.restore_tuner(plan, **fn)
