@@ -69,13 +69,13 @@ def tiny_cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")  # a pure factory: module-scoped fixtures may share one run
 def tiny_cfg(tiny_dataset, tiny_cache_dir):
-    """A TrainConfig for tiny_dataset: random-init resnet10t, 32x32 patches, 4 iterations per epoch."""
+    """A TrainConfig for tiny_dataset: random-init test_resnet (timm's smallest ResNet), 32x32 patches, 4 iterations per epoch."""
 
     def make(**overrides) -> TrainConfig:
         base = dict(dataset="csv", data_root=str(tiny_dataset),
                     dataset_options={"csv": "labels.csv", "image_column": "image", "label_column": "label",
                                      "group_column": "group"},
-                    backbone="resnet10t", pretrained=False, patch_size=32, train_patches=2, test_patches=2,
+                    backbone="test_resnet", pretrained=False, patch_size=32, train_patches=2, test_patches=2,
                     batch_size=8, eval_batch_size=16, epochs=3, backbone_lr=1e-3, lr_ratio=10.0,
                     val_fraction=0.2, test_fraction=0.2, cache_dir=str(tiny_cache_dir), cache_workers=1,
                     device="cpu")

@@ -236,7 +236,7 @@ def test_image_level_train_srcc_is_carried_to_the_curves_and_runs_csv(tmp_path):
 
 def ablate_argv(tiny_dataset, tiny_cache_dir, root: Path) -> list[str]:
     options = "{csv: labels.csv, image_column: image, label_column: label, group_column: group}"
-    sets = [f"dataset_options={options}", "backbone=resnet10t", "pretrained=false", "patch_size=32",
+    sets = [f"dataset_options={options}", "backbone=test_resnet", "pretrained=false", "patch_size=32",
             "train_patches=2", "test_patches=2", "batch_size=8", "eval_batch_size=16", "epochs=2",
             "backbone_lr=1e-3", "val_fraction=0.2", "test_fraction=0.2", f"cache_dir={tiny_cache_dir}",
             "cache_workers=1"]

@@ -31,7 +31,7 @@ def trained_run(tiny_dataset, tmp_path_factory):
     cfg.write_text(f"""dataset: csv
 data_root: {tiny_dataset}
 dataset_options: {{csv: labels.csv, image_column: image, label_column: label, group_column: group}}
-backbone: resnet10t
+backbone: test_resnet
 pretrained: false
 patch_size: 32
 train_patches: 2
@@ -107,7 +107,7 @@ def test_predict_scores_a_folder_and_skips_a_non_image(trained_run, tiny_dataset
 @pytest.mark.parametrize("override, field", [
     ("backbone_lrr=0.1", "backbone_lrr"),        # typo in a key
     ("backbone_lr=-0.001", "backbone_lr"),       # negative learning rate
-    ("frozen_stages=7", "frozen_stages"),        # resnet10t has 4 stages
+    ("frozen_stages=7", "frozen_stages"),        # test_resnet has 4 stages
     ("legacy=[optimiser_reset]", "optimiser_reset"),  # not a defect name (optimizer_reset)
 ])
 def test_bad_config_is_one_line_naming_the_field(tiny_cfg, tmp_path, capsys, override, field):

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(400)
 # A Ray of its own: without an address, ray.init() joins the cluster that /tmp/ray/ray_current_cluster
 # names, e.g. another test run's on this machine, and dies with it.
 ENV = {**os.environ, "RAY_ADDRESS": "local"}
-TINY = ["backbone=resnet10t", "pretrained=false", "patch_size=32", "train_patches=2", "test_patches=2",
+TINY = ["backbone=test_resnet", "pretrained=false", "patch_size=32", "train_patches=2", "test_patches=2",
         "batch_size=8", "eval_batch_size=16", "cache_workers=1", "epochs=2"]
 
 
@@ -222,5 +222,5 @@ def test_search_then_confirm_the_top_trial(tiny_dataset, tiny_cache_dir, tmp_pat
     trial = {r["labels"]["config_id"]: r["config"] for r in runs}
     # the top trial rebuilt from its parameters; the baseline took the search's --set, not the space's values
     assert trial["c1"]["backbone_lr"] == SPACE["start"][0]["backbone_lr"] and trial["baseline"]["backbone_lr"] == 2e-5
-    assert trial["baseline"]["backbone"] == "resnet10t" and trial["baseline"]["epochs"] == 1
+    assert trial["baseline"]["backbone"] == "test_resnet" and trial["baseline"]["epochs"] == 1
     assert "confirming the top 1 trial(s)" in proc.stdout

@@ -32,7 +32,7 @@ def checkpoint(tiny_dataset, tmp_path_factory):
         dataset="csv", data_root=str(tiny_dataset),
         dataset_options={"csv": "labels.csv", "image_column": "image", "label_column": "label",
                          "group_column": "group", "raw_range": "0,9"},
-        backbone="resnet10t", pretrained=False, patch_size=PATCH, resize_short_side=PATCH, train_patches=2,
+        backbone="test_resnet", pretrained=False, patch_size=PATCH, resize_short_side=PATCH, train_patches=2,
         test_patches=2, batch_size=8, eval_batch_size=16, epochs=1, backbone_lr=1e-3,
         val_fraction=0.2, test_fraction=0.2, cache_dir=str(tmp / "cache"), cache_workers=1, device="cpu"),
         source="test")

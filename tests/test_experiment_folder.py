@@ -138,7 +138,7 @@ def test_a_second_search_in_a_held_folder_is_refused_before_ray_starts(tiny_data
 
 def search_flags(tiny_dataset, tiny_cache_dir, tmp_path) -> list[str]:
     options_ = "{csv: labels.csv, image_column: image, label_column: label, group_column: group}"
-    sets = [f"dataset_options={options_}", "backbone=resnet10t", "pretrained=false", "patch_size=32",
+    sets = [f"dataset_options={options_}", "backbone=test_resnet", "pretrained=false", "patch_size=32",
             f"cache_dir={tiny_cache_dir}", "cache_workers=1"]
     if not (tmp_path / "ray" / "plan" / "hyperiqa_search.json").exists():  # what --resume loads
         from tuning.sweep.plan import save_plan

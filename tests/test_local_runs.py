@@ -82,7 +82,8 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, tiny_cfg, fak
 def test_time_limit_stops_the_runs_and_resume_continues_them(tmp_path, tiny_cfg, fake_trainer, monkeypatch):
     monkeypatch.setenv("FAKE_EPOCH_S", "0.3")
     rs = runset(tmp_path, tiny_cfg, seeds=(0,), epochs=1000)
-    curves, failed = local_runs.execute(rs, time_limit=2.0, out=lambda *a, **k: None)
+    # 8 s: long enough for the fake trainer to start and write an epoch on a loaded 2-core machine (2 s was not)
+    curves, failed = local_runs.execute(rs, time_limit=8.0, out=lambda *a, **k: None)
     reached = len(curves["fixed-s0"])
     assert failed == [] and 0 < reached < 1000 and curves["fixed-s0"][-1]["status"] == "running"
     monkeypatch.setenv("FAKE_EPOCH_S", "0")

@@ -25,7 +25,7 @@ def plan_for(tiny_dataset, tiny_cache_dir, tmp_path, *extra):
     from tuning.sweep.plan import make_plan
 
     options = "{csv: labels.csv, image_column: image, label_column: label, group_column: group}"
-    sets = [f"dataset_options={options}", "backbone=resnet10t", "pretrained=false", "patch_size=32",
+    sets = [f"dataset_options={options}", "backbone=test_resnet", "pretrained=false", "patch_size=32",
             f"cache_dir={tiny_cache_dir}", "cache_workers=1"]
     argv = ["--dataset", "csv", "--data-root", str(tiny_dataset), *[a for s in sets for a in ("--set", s)],
             "--storage-path", str(tmp_path), "--name", "plan", *extra]

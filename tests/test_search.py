@@ -39,7 +39,7 @@ NUM_TRIALS, MAX_EPOCHS = 3, 3
 
 def search_argv(tiny_dataset, tiny_cache_dir, root: Path) -> list[str]:
     options = "{csv: labels.csv, image_column: image, label_column: label, group_column: group}"
-    sets = [f"dataset_options={options}", "backbone=resnet10t", "pretrained=false", "patch_size=32",
+    sets = [f"dataset_options={options}", "backbone=test_resnet", "pretrained=false", "patch_size=32",
             "train_patches=4", "test_patches=2", "batch_size=8", "eval_batch_size=16", "lr_ratio=10",
             "val_fraction=0.2", "test_fraction=0.2", f"cache_dir={tiny_cache_dir}", "cache_workers=1"]
     return [sys.executable, str(ROOT / "tuning" / "search.py"), "--dataset", "csv", "--data-root", str(tiny_dataset),
@@ -133,7 +133,7 @@ def test_best_config_is_the_best_trials_full_config(search):
     metrics = json.loads((search["export"] / "metrics.json").read_text())
     for key, value in metrics["params"].items():
         assert getattr(cfg, key) == pytest.approx(value)
-    assert (cfg.dataset, cfg.backbone, cfg.epochs, cfg.device) == ("csv", "resnet10t", MAX_EPOCHS, "auto")
+    assert (cfg.dataset, cfg.backbone, cfg.epochs, cfg.device) == ("csv", "test_resnet", MAX_EPOCHS, "auto")
 
 
 def test_resume_keeps_finished_trials_and_continues_the_rest(search):
