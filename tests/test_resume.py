@@ -26,20 +26,12 @@ from hyperiqa.checkpoint import TRAINER_STATE, WEIGHTS
 from tests.stub_trials import PAUSED_PREFIX, kill_paused, scripted
 from tests.test_retention import FILES, stored
 from tests.test_search import ROOT
-from tests.test_search_scripted import _snapshot_has_checkpoint, argv_for, rows, trial_ids_by_lr
+from tests.test_search_scripted import DRIVER, _snapshot_has_checkpoint, argv_for, rows, trial_ids_by_lr
 from tuning.engine import ray_private, retention, tracking
 from tuning.sweep import tuner as tuner_module
 from tuning.sweep.plan import load_plan
 
 pytestmark = pytest.mark.timeout(600)
-
-DRIVER = """
-import functools, json, sys
-from tests.stub_trials import scripted
-from tuning.sweep import experiment as search
-argv, curves, pause_dir, files = json.loads(sys.argv[1])
-sys.exit(search.main(argv, trial_fn=functools.partial(scripted, curves=curves, pause_dir=pause_dir, files=files)))
-"""
 
 GOOD, BAD = repr(1e-3), repr(1e-6)
 # One trial at a time: GOOD runs to the end, then BAD pauses after epoch 2, one epoch before ASHA's only rung
@@ -78,8 +70,7 @@ def kill_then_resume(tmp_path: Path, argv: list[str], pause: Path, experiment: P
 def _bad_checkpoint_processed(experiment: Path) -> bool:
     """BAD's checkpoint of epoch PAUSED_AFTER is stored, the driver has processed it (BAD's older checkpoints
     hold no optimizer state any more) and Ray's snapshot (what --resume reads) knows a checkpoint of BAD."""
-    bad = trial_ids_by_lr(experiment).get(BAD) if experiment.is_dir() else None
-    kept = stored(experiment).get(bad, {})
+    kept = stored(experiment).get(trial_ids_by_lr(experiment).get(BAD), {})
     processed = PAUSED_AFTER in kept and all(TRAINER_STATE not in f for e, f in kept.items() if e != PAUSED_AFTER)
     return processed and _snapshot_has_checkpoint(experiment, BAD)
 

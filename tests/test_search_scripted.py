@@ -31,12 +31,14 @@ from tuning.sweep.optuna_search import BestValueOptunaSearch
 
 pytestmark = pytest.mark.timeout(400)
 
+# A search driver in a process of its own (to be killed or sent Ctrl-C): argv, curves, pause_dir and the
+# checkpoint files of tests/stub_trials.scripted, as one JSON argument.
 DRIVER = """
 import functools, json, sys
-from tests.stub_trials import failing, scripted
+from tests.stub_trials import scripted
 from tuning.sweep import experiment as search
-argv, curves, pause_dir = json.loads(sys.argv[1])
-sys.exit(search.main(argv, trial_fn=functools.partial(scripted, curves=curves, pause_dir=pause_dir)))
+argv, curves, pause_dir, files = json.loads(sys.argv[1])
+sys.exit(search.main(argv, trial_fn=functools.partial(scripted, curves=curves, pause_dir=pause_dir, files=files)))
 """
 
 
@@ -159,7 +161,7 @@ def test_a_search_stopped_with_ctrl_c_exports_what_it_has_says_how_to_continue_a
     argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, curves, "stopped", "--max-epochs", "2",
                     "--grace-period", "2")
     experiment = tmp_path / "ray" / "stopped"
-    cmd = [sys.executable, "-c", DRIVER, json.dumps([argv, curves, str(pause)])]
+    cmd = [sys.executable, "-c", DRIVER, json.dumps([argv, curves, str(pause), None])]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
