@@ -17,7 +17,7 @@ import ray
 from ray import tune
 
 from hyperiqa.utils import UserError
-from tuning.engine import ray_private, retention, tracking
+from tuning.engine import ray_private, ray_token, retention, tracking
 from tuning.engine.trainable import FAILED, fixed_trial
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -25,22 +25,45 @@ KEEP_CHECKPOINTS = 2  # per trial, ranked by the metric: the best epoch survives
 DEFAULT_DASHBOARD_HOST = "127.0.0.1"
 
 
+def cluster_to_join(address_flag: str | None, environ=os.environ) -> str | None:
+    """The cluster a run joins: --address, else RAY_ADDRESS (which Ray sets for a Ray Job's entrypoint);
+    None (or "local") means a Ray of the run's own. Never the address a bootstrap file on this machine names
+    (/tmp/ray/ray_current_cluster, left by `ray start` or a head that ended without `ray stop`)."""
+    for address in (address_flag, environ.get("RAY_ADDRESS")):
+        if address and address.strip():
+            return None if address.strip() == "local" else address.strip()
+    return None
+
+
 def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: int | None, log=print,
               dashboard: bool = True) -> None:
-    """Start a local Ray (dashboard on loopback unless told otherwise) or join `address`; print the dashboard URL."""
+    """Start a Ray of this run's own (dashboard on loopback unless told otherwise) or join `address`
+    (or RAY_ADDRESS: see cluster_to_join); print the dashboard URL."""
     if not dashboard and (dashboard_host is not None or dashboard_port is not None):
         raise UserError("--no-dashboard: --dashboard-host and --dashboard-port set up the dashboard it turns off; "
                         "give one or the other")
+    joining = cluster_to_join(address)
+    from_env = joining is not None and not (address and address.strip())
+    address = joining
+    source = "RAY_ADDRESS" if from_env else "--address"
+    if from_env:
+        log(f"Ray: joining the cluster at {address} that RAY_ADDRESS names (as inside a Ray Job); "
+            "unset RAY_ADDRESS for a Ray of this run's own")
     # Local workers inherit this environment: they import hyperiqa/tuning even when the project is not installed.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     # Trials log to their own train.log; Ray's INFO lines (one per checkpoint) would bury the progress table.
-    kwargs: dict = {"logging_level": "WARNING", "logging_config": ray.LoggingConfig(log_level="WARNING")}
+    # "local": a Ray of this run's own, even where a bootstrap file names another cluster (cluster_to_join).
+    kwargs: dict = {"address": address or "local", "logging_level": "WARNING",
+                    "logging_config": ray.LoggingConfig(log_level="WARNING")}
     missing = _dashboard_missing()
     if address:
-        kwargs["address"] = address
-        if dashboard_host is not None or dashboard_port is not None:
-            log("warning: --dashboard-host/--dashboard-port are ignored with --address: the cluster's dashboard "
-                "was set up by `ray start --head` (give them there)")
+        ignored = [flag for flag, given in (("--dashboard-host", dashboard_host is not None),
+                                            ("--dashboard-port", dashboard_port is not None),
+                                            ("--no-dashboard", not dashboard)) if given]
+        if ignored:
+            where = "inside a Ray Job (RAY_ADDRESS)" if from_env else "with --address"
+            log(f"warning: {'/'.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored {where}: the "
+                "cluster's dashboard was set up by `ray start --head` (give them there)")
     elif missing or not dashboard:
         kwargs["include_dashboard"] = False
     else:
@@ -49,15 +72,16 @@ def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: i
             log(f"warning: the dashboard will listen on {host}: anyone who can reach it and holds the "
                 "token in ~/.ray/auth_token can run code on this machine; keep it on a trusted network")
         kwargs.update(include_dashboard=True, dashboard_host=host, dashboard_port=dashboard_port)
+    ray_token.prepare(create=not address, log=log)  # before Ray would write a token others can read
     try:
         with contextlib.nullcontext() if address else ray_private.single_node_mode():
             context = ray.init(**kwargs)
     except ray.exceptions.AuthenticationError as exc:
-        raise UserError(f"--address {address}: the cluster uses token authentication and refused this "
+        raise UserError(f"{source} {address}: the cluster uses token authentication and refused this "
                         f"machine's token ({str(exc).splitlines()[0]}); copy the head's ~/.ray/auth_token here "
                         "or set RAY_AUTH_TOKEN") from None
     except ConnectionError as exc:
-        raise UserError(f"--address {address}: cannot connect to a Ray cluster there ({exc})") from None
+        raise UserError(f"{source} {address}: cannot connect to a Ray cluster there ({exc})") from None
     except ValueError as exc:  # e.g. an explicit --dashboard-port that is taken
         raise UserError(f"cannot start Ray: {exc}") from None
     url = getattr(context, "dashboard_url", None)
