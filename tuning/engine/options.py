@@ -44,7 +44,8 @@ def add_cluster_flags(g: argparse._ArgumentGroup, default_storage: str = "ray_re
     g.add_argument("--storage-path", default=default_storage, metavar="PATH",
                    help=f"where trials and checkpoints go: a folder, NFS, or s3://... (default ./{default_storage}); "
                         "multi-node clusters need storage every node can reach")
-    g.add_argument("--address", help="join a running Ray cluster (auto, or HOST:PORT of `ray start --head`)")
+    g.add_argument("--address", help="join a running Ray cluster (auto, or HOST:PORT of `ray start --head`); "
+                   "without it, a Ray of this run's own (RAY_ADDRESS, as in a Ray Job, also joins)")
     g.add_argument("--dashboard-host", help="interface of the Ray dashboard started here (default 127.0.0.1; "
                    "anything else prints a warning; ignored with --address)")
     g.add_argument("--dashboard-port", type=int, metavar="PORT",
