@@ -17,17 +17,19 @@ import ray
 from ray import tune
 
 from hyperiqa.utils import UserError
-from tuning.engine import ray_private, retention, tracking
+from tuning.engine import options, ray_private, retention, tracking
 from tuning.engine.trainable import FAILED, fixed_trial
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEEP_CHECKPOINTS = 2  # per trial, ranked by the metric: the best epoch survives (see trainable.restore)
 DEFAULT_DASHBOARD_HOST = "127.0.0.1"
+_gpus_here: list[str] | None = None  # the GPUs start_ray gave a Ray it started; None: Ray was joined
 
 
 def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: int | None, log=print,
-              dashboard: bool = True) -> None:
-    """Start a local Ray (dashboard on loopback unless told otherwise) or join `address`; print the dashboard URL."""
+              dashboard: bool = True, gpus: float | None = None) -> None:
+    """Start a local Ray (dashboard on loopback unless told otherwise) or join `address`; print the dashboard URL.
+    A local Ray gets `gpus` (rounded up) of the GPUs this process may use, the first ones (None: Ray counts)."""
     if not dashboard and (dashboard_host is not None or dashboard_port is not None):
         raise UserError("--no-dashboard: --dashboard-host and --dashboard-port set up the dashboard it turns off; "
                         "give one or the other")
@@ -36,6 +38,11 @@ def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: i
     # Trials log to their own train.log; Ray's INFO lines (one per checkpoint) would bury the progress table.
     kwargs: dict = {"logging_level": "WARNING", "logging_config": ray.LoggingConfig(log_level="WARNING")}
     missing = _dashboard_missing()
+    global _gpus_here
+    _gpus_here = None
+    if gpus is not None and not options.joins_cluster(address):
+        _gpus_here = _first_gpus(gpus)
+        kwargs["num_gpus"] = len(_gpus_here)
     if address:
         kwargs["address"] = address
         if dashboard_host is not None or dashboard_port is not None:
@@ -69,6 +76,29 @@ def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: i
         log(f"Ray dashboard: not started, its packages are missing ({missing}); pip install 'ray[default]'")
     else:
         log("Ray dashboard: not running on this cluster (start the head with `ray start --head --include-dashboard=true`)")
+
+
+def _first_gpus(gpus: float) -> list[str]:
+    """The first ceil(gpus) GPUs this process may use, made the only ones a Ray started now sees: its raylet and
+    trial workers inherit CUDA_VISIBLE_DEVICES, and Ray hands each trial one of them."""
+    ids = options.visible_gpus()
+    wanted = math.ceil(gpus - 1e-9)
+    if wanted > len(ids):  # options.resources checked a new run; a resumed one may be on another machine
+        raise UserError(f"--gpus {gpus:g}: this process may use {len(ids)} GPU(s){options.visible_note()}")
+    if wanted < len(ids):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids[:wanted])
+    return ids[:wanted]
+
+
+def settle_gpus(record):
+    """A sweep Plan or runner.RunSet of --gpus auto on a joined cluster, on the cluster's GPUs (known once
+    connected); any other record as it is."""
+    if record.gpus is not None:
+        return record
+    unit = "run" if hasattr(record, "runs") else "trial"
+    settled = options.settle(None, record.gpus_per_trial, record.cpus_per_trial, record.max_concurrent, unit,
+                             found=ray.cluster_resources().get("GPU", 0.0))
+    return record.with_resources(settled)
 
 
 def dashboard_auth_mode(url: str, timeout: float = 3.0) -> str | None:
@@ -120,7 +150,10 @@ def max_concurrent(plan) -> int:
     limit = math.floor(cpus / plan.cpus_per_trial + 1e-9)
     if plan.gpus_per_trial:
         limit = min(limit, math.floor(plan.gpus / plan.gpus_per_trial + 1e-9))
-    return max(1, min(limit, plan.num_samples, plan.max_concurrent or limit))
+    at_once = max(1, min(limit, plan.num_samples, plan.max_concurrent or limit))
+    used = options.Resources(plan.gpus, plan.gpus_per_trial, plan.cpus_per_trial)
+    print(options.concurrency_line(at_once, used, "run" if hasattr(plan, "runs") else "trial", _gpus_here), flush=True)
+    return at_once
 
 
 def _alive_nodes() -> list[dict]:
