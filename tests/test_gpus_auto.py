@@ -3,8 +3,6 @@ GPU count is mocked (options._cuda_device_count) and Ray is given logical GPUs."
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 from types import SimpleNamespace
 
@@ -12,8 +10,6 @@ import pytest
 import ray
 
 from hyperiqa.utils import UserError
-from tests.stub_trials import gpu_probe
-from tests.test_search import search_argv
 from tuning.engine import launch, options
 from tuning.engine.runner import RunSet
 from tuning.sweep import experiment as search
@@ -121,22 +117,22 @@ def test_the_start_line_says_how_many_at_once_on_what():
         "8 trials at once, each 0.5 GPU + 2 CPUs (4 of the Ray cluster's GPUs)"
 
 
-def test_gpus_2_of_4_visible_runs_the_trials_on_the_first_two(gpus, tiny_dataset, tiny_cache_dir, tmp_path, capsys):
-    """A real local Ray with logical GPUs: each trial's worker sees one of the two devices it was limited to."""
+@ray.remote(num_gpus=1, num_cpus=0)
+class _Worker:
+    def visible(self) -> str:
+        return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+def test_gpus_2_of_4_visible_gives_ray_the_first_two(gpus, capsys):
+    """A real local Ray with logical GPUs: two workers holding a GPU each see the two devices it was limited to."""
     gpus(4, visible="4,5,6,7")
-    (tmp_path / "space.yaml").write_text("params:\n  backbone_lr: {type: loguniform, low: 1.0e-4, high: 3.0e-3}\n")
-    argv = search_argv(tiny_dataset, tiny_cache_dir, tmp_path)[2:]
-    at = argv.index("--max-concurrent")
-    del argv[at:at + 2]
-    barrier = tmp_path / "barrier"
-    barrier.mkdir()
-    fn = functools.partial(gpu_probe, barrier=str(barrier), expected=2, total_memory_gib=40)
     try:
-        assert search.main([*argv, "--gpus", "2", "--num-samples", "2", "--max-epochs", "1"], trial_fn=fn) == 0
+        launch.start_ray(None, None, None, log=lambda *_: None, dashboard=False, gpus=2.0)
         assert ray.cluster_resources()["GPU"] == 2
+        workers = [_Worker.remote(), _Worker.remote()]  # alive together: one GPU each
+        assert sorted(ray.get([w.visible.remote() for w in workers])) == ["4", "5"]
+        plan = SimpleNamespace(gpus=2.0, gpus_per_trial=1.0, cpus_per_trial=0.5, num_samples=8, max_concurrent=None)
+        assert launch.max_concurrent(plan) == 2
     finally:
         ray.shutdown()
-    assert "2 trials at once, each 1 GPU + 1 CPU (GPUs 4,5)" in capsys.readouterr().out.splitlines()
-    results = [json.loads(p.read_text().splitlines()[-1]) for p in (tmp_path / "ray" / "e2e").glob("*/result.json")]
-    assert sorted(r["visible"] for r in results) == ["4", "5"]  # at once, one device each, from the first two
-    assert all(r["device"] == "cuda:0" for r in results)
+    assert capsys.readouterr().out.splitlines() == ["2 trials at once, each 1 GPU + 0.5 CPUs (GPUs 4,5)"]

@@ -142,8 +142,8 @@ def resources(gpus: float | str, gpus_per_trial: float | None, cpus_per_trial: f
     finite(f"--cpus-per-{unit}", cpus_per_trial)
     if gpus != AUTO and gpus < 0:
         raise UserError(f"--gpus {gpus:g}: must be >= 0 (0 = CPU only)")
-    if gpus == AUTO and joined:
-        _check_shares(gpus_per_trial or 0.0, cpus_per_trial, max_concurrent, unit)  # the rest once connected
+    _check_shares(gpus_per_trial or 0.0, cpus_per_trial, max_concurrent, unit)  # what needs no GPU count
+    if gpus == AUTO and joined:  # the rest once connected
         return Resources(None, gpus_per_trial, float(cpus_per_trial), max_concurrent)
     found = None
     if not joined and (gpus == AUTO or gpus > 0):  # --gpus 0 needs no count (nor torch's CUDA probe)
