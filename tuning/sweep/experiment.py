@@ -1,7 +1,7 @@
 """Hyperparameter search for HyperIQA on Ray Tune: ASHA stops trials falling behind, Optuna proposes the next.
 
     python tuning/search.py                 # the demo: generated dataset, CPU, ~8-10 min on 2 cores
-    python tuning/search.py --gpus 4 --dataset koniq10k --data-root /data/koniq10k
+    python tuning/search.py --dataset koniq10k --data-root /data/koniq10k   # on every GPU this process may use
 
 Every trial trains the fixed solver with one sampled configuration and reports image-level
 SRCC/PLCC per epoch; the search ends with an export folder (see tuning/export.py).
