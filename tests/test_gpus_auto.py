@@ -103,6 +103,10 @@ def test_a_local_ray_gets_the_first_n_gpus_and_auto_all_of_them(gpus, monkeypatc
     gpus(4, visible="3,2,1,0")
     launch.start_ray(None, None, None, log=lambda *_: None, dashboard=False, gpus=0.0)  # --gpus 0: hidden
     assert seen["num_gpus"] == 0 and os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    gpus(2)  # a search started with --gpus 4, resumed on a smaller machine
+    with pytest.raises(UserError, match=r"^--gpus 4 \(the experiment's\): this process may use 2 GPU\(s\); "
+                                        r"continue it where it may use 4$"):
+        launch.start_ray(None, None, None, log=lambda *_: None, dashboard=False, gpus=4.0)
     seen.clear()
     launch.start_ray("10.0.0.1:6379", None, None, log=lambda *_: None, gpus=4.0)  # a cluster has its own
     assert "num_gpus" not in seen

@@ -84,7 +84,8 @@ def _first_gpus(gpus: float) -> list[str]:
     ids = options.visible_gpus()
     wanted = math.ceil(gpus - 1e-9)
     if wanted > len(ids):  # options.resources checked a new run; a resumed one may be on another machine
-        raise UserError(f"--gpus {gpus:g}: this process may use {len(ids)} GPU(s){options.visible_note()}")
+        raise UserError(f"--gpus {gpus:g} (the experiment's): this process may use {len(ids)} GPU(s)"
+                        f"{options.visible_note()}; continue it where it may use {wanted}")
     if wanted < len(ids):
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids[:wanted])
     return ids[:wanted]
