@@ -20,7 +20,7 @@ import pytest
 import ray
 
 from tests.ray_dirs import BOOTSTRAP_FILE, free_port, own_ray_tmpdir, ray_head
-from tuning.engine import launch, ray_token
+from tuning.engine import launch, options, ray_token
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
@@ -103,7 +103,7 @@ def test_ray_address_joins_its_cluster_and_says_so_once():
     (None, {"RAY_ADDRESS": "10.0.0.1:6379"}, "10.0.0.1:6379"), ("auto", {"RAY_ADDRESS": "10.0.0.1:6379"}, "auto"),
     ("10.0.0.2:6379", {}, "10.0.0.2:6379"), ("local", {"RAY_ADDRESS": "10.0.0.1:6379"}, None)])
 def test_cluster_to_join_is_the_flag_else_ray_address_never_a_bootstrap_file(flag, environ, joins):
-    assert launch.cluster_to_join(flag, environ) == joins
+    assert options.cluster_to_join(flag, environ) == joins
 
 
 def test_a_local_start_names_local_and_ray_address_joins(monkeypatch):

@@ -17,32 +17,25 @@ import ray
 from ray import tune
 
 from hyperiqa.utils import UserError
-from tuning.engine import ray_private, ray_token, retention, tracking
+from tuning.engine import options, ray_private, ray_token, retention, tracking
 from tuning.engine.trainable import FAILED, fixed_trial
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEEP_CHECKPOINTS = 2  # per trial, ranked by the metric: the best epoch survives (see trainable.restore)
 DEFAULT_DASHBOARD_HOST = "127.0.0.1"
+_gpus_here: list[str] | None = None  # the GPUs start_ray gave a Ray it started; None: Ray was joined
 
-
-def cluster_to_join(address_flag: str | None, environ=os.environ) -> str | None:
-    """The cluster a run joins: --address, else RAY_ADDRESS (which Ray sets for a Ray Job's entrypoint);
-    None (or "local") means a Ray of the run's own. Never the address a bootstrap file on this machine names
-    (/tmp/ray/ray_current_cluster, left by `ray start` or a head that ended without `ray stop`)."""
-    for address in (address_flag, environ.get("RAY_ADDRESS")):
-        if address and address.strip():
-            return None if address.strip() == "local" else address.strip()
-    return None
 
 
 def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: int | None, log=print,
-              dashboard: bool = True) -> None:
+              dashboard: bool = True, gpus: float | None = None) -> None:
     """Start a Ray of this run's own (dashboard on loopback unless told otherwise) or join `address`
-    (or RAY_ADDRESS: see cluster_to_join); print the dashboard URL."""
+    (or RAY_ADDRESS: see options.cluster_to_join); print the dashboard URL.
+    A Ray of its own gets `gpus` (rounded up) of the GPUs this process may use, the first ones (None: Ray counts)."""
     if not dashboard and (dashboard_host is not None or dashboard_port is not None):
         raise UserError("--no-dashboard: --dashboard-host and --dashboard-port set up the dashboard it turns off; "
                         "give one or the other")
-    joining = cluster_to_join(address)
+    joining = options.cluster_to_join(address)
     from_env = joining is not None and not (address and address.strip())
     address = joining
     source = "RAY_ADDRESS" if from_env else "--address"
@@ -56,6 +49,11 @@ def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: i
     kwargs: dict = {"address": address or "local", "logging_level": "WARNING",
                     "logging_config": ray.LoggingConfig(log_level="WARNING")}
     missing = _dashboard_missing()
+    global _gpus_here
+    _gpus_here = None
+    if gpus is not None and address is None:
+        _gpus_here = _first_gpus(gpus)
+        kwargs["num_gpus"] = len(_gpus_here)
     if address:
         ignored = [flag for flag, given in (("--dashboard-host", dashboard_host is not None),
                                             ("--dashboard-port", dashboard_port is not None),
@@ -93,6 +91,30 @@ def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: i
         log(f"Ray dashboard: not started, its packages are missing ({missing}); pip install 'ray[default]'")
     else:
         log("Ray dashboard: not running on this cluster (start the head with `ray start --head --include-dashboard=true`)")
+
+
+def _first_gpus(gpus: float) -> list[str]:
+    """The first ceil(gpus) GPUs this process may use, made the only ones a Ray started now sees: its raylet and
+    trial workers inherit CUDA_VISIBLE_DEVICES, and Ray hands each trial one of them."""
+    ids = options.visible_gpus()
+    wanted = math.ceil(gpus - 1e-9)
+    if wanted > len(ids):  # options.resources checked a new run; a resumed one may be on another machine
+        raise UserError(f"--gpus {gpus:g} (the experiment's): this process may use {len(ids)} GPU(s)"
+                        f"{options.visible_note()}; continue it where it may use {wanted}")
+    if wanted < len(ids):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids[:wanted])
+    return ids[:wanted]
+
+
+def settle_gpus(record):
+    """A sweep Plan or runner.RunSet of --gpus auto on a joined cluster, on the cluster's GPUs (known once
+    connected); any other record as it is."""
+    if record.gpus is not None:
+        return record
+    unit = "run" if hasattr(record, "runs") else "trial"
+    settled = options.settle(None, record.gpus_per_trial, record.cpus_per_trial, record.max_concurrent, unit,
+                             found=ray.cluster_resources().get("GPU", 0.0))
+    return record.with_resources(settled)
 
 
 def dashboard_auth_mode(url: str, timeout: float = 3.0) -> str | None:
@@ -144,7 +166,10 @@ def max_concurrent(plan) -> int:
     limit = math.floor(cpus / plan.cpus_per_trial + 1e-9)
     if plan.gpus_per_trial:
         limit = min(limit, math.floor(plan.gpus / plan.gpus_per_trial + 1e-9))
-    return max(1, min(limit, plan.num_samples, plan.max_concurrent or limit))
+    at_once = max(1, min(limit, plan.num_samples, plan.max_concurrent or limit))
+    used = options.Resources(plan.gpus, plan.gpus_per_trial, plan.cpus_per_trial)
+    print(options.concurrency_line(at_once, used, "run" if hasattr(plan, "runs") else "trial", _gpus_here), flush=True)
+    return at_once
 
 
 def _alive_nodes() -> list[dict]:
