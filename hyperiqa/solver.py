@@ -281,7 +281,7 @@ class Solver:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best": self.best,
                 "best_epoch": self.best_epoch, "history": self.history,
-                "diverged_at": self.diverged_at, "rng": ckpt.rng_state(), "config": self.cfg.portable().to_dict()}
+                "diverged_at": self.diverged_at, "rng": ckpt.rng_state(cuda=self.cuda), "config": self.cfg.portable().to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -296,7 +296,7 @@ class Solver:
         # A finished run stays finished, except that a larger cfg.epochs extends a completed one.
         last = self.history[-1].get(M.STATUS) if self.history else None
         self.done = self.diverged_at is not None or last == "early_stopped"
-        ckpt.set_rng_state(state["rng"])
+        ckpt.set_rng_state(state["rng"], cuda=self.cuda)
 
     def save_checkpoint(self, directory, metrics: dict) -> None:
         """model.safetensors, trainer_state.pt, config.yaml, metrics.json, split.csv, preprocess.json."""
