@@ -95,8 +95,11 @@ class Solver:
                   {"params": list(self.model.head_parameters()), "lr": cfg.backbone_lr * cfg.lr_ratio,
                    "name": "head"}]
         cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        extra = {"fused": True} if self.cuda else {}
-        return cls(groups, lr=cfg.backbone_lr, weight_decay=cfg.weight_decay, **extra)
+        return cls(groups, lr=cfg.backbone_lr, weight_decay=cfg.weight_decay, **self._optimizer_kernel())
+
+    def _optimizer_kernel(self) -> dict:
+        """Adam's implementation on this device: one fused kernel per step on CUDA, torch's default elsewhere."""
+        return {"fused": True} if self.cuda else {}
 
     def _prepare_optimizer(self, epoch: int) -> None:
         """Put the optimizer in the state schedules.epoch_start gives for 0-based `epoch` (a no-op by default)."""
@@ -287,7 +290,9 @@ class Solver:
         self.model.load_state_dict(state["model"])
         if state["epoch"] > 0:  # the saved optimizer has the groups of the last epoch trained
             self._prepare_optimizer(state["epoch"] - 1)
+        live = [{k: g[k] for k in KERNEL_SETTINGS if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        _keep_kernel_settings(self.optimizer, live)
         _match_parameter_layout(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
@@ -308,6 +313,29 @@ class Solver:
     def load_checkpoint(self, directory) -> None:
         """Restore a folder written by save_checkpoint (weights, optimizer, schedule, RNG, history)."""
         self.load_state_dict(ckpt.load_resume_state(Path(directory)))
+
+
+# Param-group settings that say how Adam computes on this machine, not what it has learned.
+KERNEL_SETTINGS = ("fused", "foreach", "capturable")
+
+
+def _keep_kernel_settings(optimizer: torch.optim.Optimizer, live: list[dict]) -> None:
+    """Give the groups back this machine's KERNEL_SETTINGS after Optimizer.load_state_dict.
+
+    load_state_dict copies every saved group setting over the live one: a state written by a CPU run
+    (fused None, foreach True) turned a CUDA run's fused Adam into the slower foreach path for the rest
+    of the run, silently. Adam keeps `step` on the parameter's device (float32) when fused or
+    capturable and on the CPU otherwise, and load_state_dict placed it by the saved settings: place it
+    by the live ones.
+    """
+    for group, settings in zip(optimizer.param_groups, live):
+        group.update(settings)
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for param in group["params"]:
+            step = optimizer.state.get(param, {}).get("step")
+            if torch.is_tensor(step):
+                where = {"device": param.device, "dtype": torch.float32} if on_device else {"device": "cpu"}
+                optimizer.state[param]["step"] = step.to(**where)
 
 
 def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:

@@ -33,3 +33,19 @@ def test_a_cpu_run_never_touches_cuda_even_where_torch_sees_gpus(tiny_cfg, tmp_p
     resumed.load_checkpoint(tmp_path / "ckpt")
     assert called == []
     assert not torch.cuda.is_initialized()
+
+
+def test_fused_adam_stays_fused_after_loading_a_foreach_state(tiny_cfg, tmp_path, monkeypatch):
+    """A state written by a CPU (foreach) run, resumed where Adam is fused: CPU Adam is fused in torch 2.14."""
+    monkeypatch.setattr(Solver, "_optimizer_kernel", lambda self: {"foreach": True})
+    solver = Solver(tiny_cfg(epochs=2), log=quiet)
+    solver.save_checkpoint(tmp_path / "ckpt", next(solver.epochs()))
+    monkeypatch.setattr(Solver, "_optimizer_kernel", lambda self: {"fused": True})
+    resumed = Solver(tiny_cfg(epochs=2), log=quiet)
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    for group in resumed.optimizer.param_groups:
+        assert (group["fused"], group["foreach"]) == (True, None)
+        steps = [resumed.optimizer.state[p]["step"] for p in group["params"]]
+        assert steps and all(s.dtype == torch.float32 and float(s) == 4 for s in steps)
+    assert next(resumed.epochs())["epoch"] == 2
+    assert all(g["fused"] for g in resumed.optimizer.param_groups)
