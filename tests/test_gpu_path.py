@@ -49,3 +49,20 @@ def test_fused_adam_stays_fused_after_loading_a_foreach_state(tiny_cfg, tmp_path
         assert steps and all(s.dtype == torch.float32 and float(s) == 4 for s in steps)
     assert next(resumed.epochs())["epoch"] == 2
     assert all(g["fused"] for g in resumed.optimizer.param_groups)
+
+
+def test_a_shared_gpus_memory_cap_leaves_room_for_each_process_cuda_context():
+    from hyperiqa import runtime
+
+    allowance = runtime.CUDA_CONTEXT_ALLOWANCE_GIB
+    assert allowance == 0.6
+    # Two trials at 0.5 of an 80 GiB H100: allocator caps plus contexts fill the card, no more.
+    fraction = runtime.allocator_fraction(0.5, 80 * GiB)
+    assert fraction == pytest.approx((40 - allowance) / 80)
+    assert 2 * (fraction * 80 + allowance) == pytest.approx(80)
+    assert runtime.allocator_fraction(0.25, 16 * GiB) == pytest.approx((4 - allowance) / 16)
+    assert runtime.allocator_fraction(1.0, 80 * GiB) == pytest.approx(1 - allowance / 80)
+    from hyperiqa.utils import UserError
+
+    with pytest.raises(UserError, match="gpu_memory_fraction = 0.1: 0.8 GiB of this 8 GiB GPU"):
+        runtime.allocator_fraction(0.1, 8 * GiB)
