@@ -26,7 +26,7 @@ import torch
 from hyperiqa import checkpoint as ckpt
 from hyperiqa import metrics as M
 from hyperiqa.config import ConfigError, TrainConfig
-from hyperiqa.inference import EVAL_SPLITS, autocast, predict_images
+from hyperiqa.inference import EVAL_SPLITS, Scoring
 from hyperiqa.losses import loss_function
 from hyperiqa.runtime import apply_runtime, resolve_device
 from hyperiqa.schedules import build_scheduler, epoch_start
@@ -52,8 +52,14 @@ class Solver:
         if source:  # where the backbone weights came from, in the run log and each trial's train.log
             log(f"backbone {cfg.backbone}: {source}")
         self.model = model.to(self.device)
-        if self.cuda and cfg.channels_last:
+        # How this run computes (autocast dtype by the GPU's capability, memory format): training steps,
+        # evaluation, hyperiqa.evaluate and hyperiqa.predict all go through this one object's rules.
+        self.scoring = Scoring(self.model, self.device, amp=cfg.amp, channels_last=cfg.channels_last)
+        if self.scoring.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if self.cuda and cfg.amp and self.scoring.dtype is None:
+            log(f"amp: fp32 on {torch.cuda.get_device_name(self.device)}: compute capability "
+                f"{'.'.join(map(str, torch.cuda.get_device_capability(self.device)))} has no native bf16")
         if data is None:
             from hyperiqa.data import prepare_data
 
@@ -64,6 +70,7 @@ class Solver:
             self._standardize_output()
         # torch.compile wraps the module; self.model stays the plain one so state_dict keys never change.
         self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.scoring.forward = self.forward
         self.loss_fn = loss_function(cfg.loss)
         self.train_eval = self._crops(self._train_eval_indices()) if cfg.train_eval_images else None
         self.optimizer = self._build_optimizer()
@@ -113,7 +120,7 @@ class Solver:
             self.optimizer.state.clear()
 
     def _autocast(self):
-        return autocast(self.device, self.cfg.amp)
+        return self.scoring.autocast()
 
     # --- training ---------------------------------------------------------------------------
     def train_epoch(self) -> dict:
@@ -189,7 +196,7 @@ class Solver:
         return EvalCrops(self.data.cache, indices, patch_size=cfg.patch_size, crops_per_image=cfg.test_patches,
                          batch_size=cfg.eval_batch_size, seed=cfg.seed, device=self.device,
                          mean=self.model.input_mean, std=self.model.input_std,
-                         channels_last=self.cuda and cfg.channels_last)
+                         channels_last=self.scoring.channels_last)
 
     def _train_eval_indices(self) -> np.ndarray:
         """min(cfg.train_eval_images, #train) training records, in split order: a pure function of the seed
@@ -212,7 +219,7 @@ class Solver:
         if "random_eval_crops" in self.cfg.legacy_defects:
             crops.draw(epoch=self.epoch)
         self.model.eval()
-        return crops.indices, predict_images(self.forward, crops, device=self.device, amp=self.cfg.amp)
+        return crops.indices, self.scoring.images(crops)
 
     def evaluate(self, split: str) -> dict:
         """metrics.correlations (srcc, plcc, plcc_logistic, krcc, rmse) of `split`, image level."""

@@ -66,3 +66,62 @@ def test_a_shared_gpus_memory_cap_leaves_room_for_each_process_cuda_context():
 
     with pytest.raises(UserError, match="gpu_memory_fraction = 0.1: 0.8 GiB of this 8 GiB GPU"):
         runtime.allocator_fraction(0.1, 8 * GiB)
+
+
+def test_predict_evaluate_and_cross_dataset_score_an_image_alike_under_bf16(tiny_cfg, tiny_dataset, tmp_path,
+                                                                             monkeypatch, capsys):
+    """One scoring path: with bf16 autocast on (here forced on the CPU), predict, evaluate and a search's
+    --cross scoring give each image the same score. Images resized to the patch size make every crop the
+    whole image, so the three differ in nothing but the path they take."""
+    import numpy as np
+
+    from hyperiqa import inference, predict
+    from hyperiqa.evaluation import score_checkpoint
+    from tests.test_cli import cli
+    from tuning.sweep import crosseval
+
+    monkeypatch.setattr(inference, "amp_dtype", lambda device, amp: torch.bfloat16 if amp else None)
+    cfg = tiny_cfg(epochs=1, resize_to=[32, 32], cache_dir=str(tmp_path / "cache"))
+    solver = Solver(cfg, log=quiet)
+    assert solver.scoring.dtype == torch.bfloat16
+    solver.save_checkpoint(tmp_path / "ckpt", next(solver.epochs()))
+    evaluated = score_checkpoint(tmp_path / "ckpt", split="all", log=quiet)
+    by_name = {p.split("/")[-1]: v for p, v in zip(evaluated.paths, evaluated.predictions)}
+    files = sorted(tiny_dataset.glob("*.png"))
+    code, out, err = cli(predict.main, ["--checkpoint", str(tmp_path / "ckpt"), "--crops", "3",
+                                        "--batch-size", "5", *map(str, files)], capsys)
+    assert code == 0, err
+    predicted = {line.split(",")[0].split("/")[-1]: float(line.split(",")[1]) for line in out.splitlines()[1:]}
+    cross = score_checkpoint(tmp_path / "ckpt", "csv", str(tiny_dataset), options={"csv": "labels.csv"},
+                             log=quiet)
+    crossed = {p.split("/")[-1]: v for p, v in zip(cross.paths, cross.predictions)}
+    assert set(predicted) == set(by_name) == set(crossed) and len(files) == 24
+    names = sorted(by_name)
+    want = np.array([by_name[n] for n in names])
+    np.testing.assert_allclose([predicted[n] for n in names], want, rtol=1e-5)  # the CSV's 6 decimals
+    np.testing.assert_allclose([crossed[n] for n in names], want, rtol=1e-6)
+    entry = crosseval.evaluate(tmp_path / "ckpt", [["csv", str(tiny_dataset / "labels.csv")]], log=quiet)[0]
+    assert entry["srcc"] == pytest.approx(cross.metrics()["srcc"])
+    # bf16 was really on: the fp32 scores of the same crops differ.
+    model = solver.model.eval()
+    crops = [inference.crops(inference.load_image(f, patch=32, short_side=None, resize_to=(32, 32)), patch=32,
+                             n=1, seed=0) for f in files]
+    fp32 = inference.score(model, crops, mean=model.input_mean, std=model.input_std, device="cpu", batch_size=8)
+    assert np.abs(fp32 - np.array([by_name[f.name] for f in files])).max() > 1e-4
+
+
+@pytest.mark.parametrize("capability, amp, want", [
+    ((9, 0), True, torch.bfloat16),   # H100
+    ((8, 0), True, torch.bfloat16),   # A100
+    ((7, 5), True, None),             # T4: bf16 only emulated -> fp32
+    ((7, 0), True, None),             # V100
+    ((9, 0), False, None),            # amp off
+])
+def test_autocast_dtype_follows_the_gpus_compute_capability(monkeypatch, capability, amp, want):
+    from hyperiqa import inference
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    scoring = inference.Scoring(None, torch.device("cuda", 0), amp=amp, channels_last=True)
+    assert scoring.dtype is want and inference.amp_dtype(torch.device("cuda", 0), amp) is want
+    assert inference.amp_dtype(torch.device("cpu"), True) is None  # the CPU runs fp32
+    assert scoring.channels_last and not inference.Scoring(None, "cpu", amp=amp, channels_last=True).channels_last
