@@ -73,9 +73,11 @@ def test_predict_evaluate_and_cross_dataset_score_an_image_alike_under_bf16(tiny
     """One scoring path: with bf16 autocast on (here forced on the CPU), predict, evaluate and a search's
     --cross scoring give each image the same score. Images resized to the patch size make every crop the
     whole image, so the three differ in nothing but the path they take."""
+    import csv
+
     import numpy as np
 
-    from hyperiqa import inference, predict
+    from hyperiqa import evaluate, inference, predict
     from hyperiqa.evaluation import score_checkpoint
     from tests.test_cli import cli
     from tuning.sweep import crosseval
@@ -85,8 +87,11 @@ def test_predict_evaluate_and_cross_dataset_score_an_image_alike_under_bf16(tiny
     solver = Solver(cfg, log=quiet)
     assert solver.scoring.dtype == torch.bfloat16
     solver.save_checkpoint(tmp_path / "ckpt", next(solver.epochs()))
-    evaluated = score_checkpoint(tmp_path / "ckpt", split="all", log=quiet)
-    by_name = {p.split("/")[-1]: v for p, v in zip(evaluated.paths, evaluated.predictions)}
+    code, out, err = cli(evaluate.main, ["--checkpoint", str(tmp_path / "ckpt"), "--split", "all",
+                                         "--predictions", str(tmp_path / "eval.csv")], capsys)
+    assert code == 0, err
+    rows = list(csv.DictReader((tmp_path / "eval.csv").read_text().splitlines()))
+    by_name = {row["path"].split("/")[-1]: float(row["prediction"]) for row in rows}
     files = sorted(tiny_dataset.glob("*.png"))
     code, out, err = cli(predict.main, ["--checkpoint", str(tmp_path / "ckpt"), "--crops", "3",
                                         "--batch-size", "5", *map(str, files)], capsys)
@@ -100,6 +105,7 @@ def test_predict_evaluate_and_cross_dataset_score_an_image_alike_under_bf16(tiny
     want = np.array([by_name[n] for n in names])
     np.testing.assert_allclose([predicted[n] for n in names], want, rtol=1e-5)  # the CSV's 6 decimals
     np.testing.assert_allclose([crossed[n] for n in names], want, rtol=1e-6)
+    assert sorted(float(r["label"]) for r in rows) == pytest.approx(sorted(cross.labels), rel=1e-6)
     entry = crosseval.evaluate(tmp_path / "ckpt", [["csv", str(tiny_dataset / "labels.csv")]], log=quiet)[0]
     assert entry["srcc"] == pytest.approx(cross.metrics()["srcc"])
     # bf16 was really on: the fp32 scores of the same crops differ.
