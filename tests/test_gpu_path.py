@@ -131,3 +131,30 @@ def test_autocast_dtype_follows_the_gpus_compute_capability(monkeypatch, capabil
     assert scoring.dtype is want and inference.amp_dtype(torch.device("cuda", 0), amp) is want
     assert inference.amp_dtype(torch.device("cpu"), True) is None  # the CPU runs fp32
     assert scoring.channels_last and not inference.Scoring(None, "cpu", amp=amp, channels_last=True).channels_last
+
+
+def _gpu_check():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_compares_per_image_scores_and_expects_the_capabilitys_dtype():
+    """bench/gpu_check.py (e) and (g): near-tied scores that swap ranks agree; a moved score does not."""
+    gc = _gpu_check()
+    want = {"a": 50.0, "b": 50.001, "c": 60.0}
+    swapped = {"a": 50.002, "b": 50.0005, "c": 60.01}  # ranks of a and b swap: within 2e-3 relative
+    assert gc.compare_predictions(swapped, want) == {"compared": 3, "missing": 0, "beyond_rtol": 0,
+                                                     "max_rel_diff": pytest.approx(0.01 / 60)}
+    assert gc._agreement("x", gc.compare_predictions(swapped, want))[1] is None
+    moved = {**want, "c": 60.5, "d": 1.0}
+    cmp = gc.compare_predictions(moved, want)
+    assert (cmp["beyond_rtol"], cmp["missing"]) == (1, 1)
+    assert "1 of 3 images beyond rtol" in gc._agreement("x", cmp)[1]
+    assert [gc.expected_amp_dtype(c) for c in ([9, 0], [8, 6], [7, 5], None)] == \
+        ["bfloat16", "bfloat16", "fp32", "fp32"]
