@@ -17,8 +17,9 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from hyperiqa.utils import UserError
+from hyperiqa.utils import UserError, atomic_write_text
 
 DEFAULT_STALL_TIMEOUT = 1800.0  # seconds; docs/clusters.md "A stalled trial" says why
 EPOCH_MULTIPLE = 3.0
@@ -127,9 +128,13 @@ def parse(text: str | None) -> dict:
 
 
 def load(fs, folder: str) -> dict:
-    """STALLS_FILE in `folder` of the pyarrow filesystem `fs` (local or object storage)."""
+    """STALLS_FILE in `folder` of the pyarrow filesystem `fs` (local or object storage; None: a local folder,
+    read without pyarrow, which --runner processes does not need)."""
+    path = f"{folder.rstrip('/')}/{STALLS_FILE}"
     try:
-        with fs.open_input_stream(f"{folder.rstrip('/')}/{STALLS_FILE}") as fh:
+        if fs is None:
+            return parse(Path(path).read_text())
+        with fs.open_input_stream(path) as fh:
             return parse(fh.readall().decode())
     except OSError:  # pyarrow's FileNotFoundError is an OSError
         return parse(None)
@@ -138,25 +143,28 @@ def load(fs, folder: str) -> dict:
 def add(fs, folder: str, record: dict | None = None, ended: str | None = None) -> None:
     """Add a stall and/or a run that ended stalled to `folder`'s STALLS_FILE; a failed write is a warning."""
     path = f"{folder.rstrip('/')}/{STALLS_FILE}"
+    text = dumps(merge(load(fs, folder), record, ended))
     try:
-        text = dumps(merge(load(fs, folder), record, ended))
-        with fs.open_output_stream(path) as fh:
-            fh.write(text.encode())
+        if fs is None:
+            atomic_write_text(path, text)
+        else:
+            with fs.open_output_stream(path) as fh:
+                fh.write(text.encode())
     except OSError as exc:
         print(f"warning: could not record the stall in {path} ({exc})", flush=True)
 
 
 def read_stalls(experiment_path: str) -> dict:
     """An experiment's STALLS_FILE (a local folder or a storage URI); an empty record when there is none."""
+    if "://" not in experiment_path:
+        return load(None, experiment_path)
     import pyarrow.fs
 
-    if "://" in experiment_path:
-        try:
-            fs, folder = pyarrow.fs.FileSystem.from_uri(experiment_path)
-        except (OSError, ValueError):
-            return parse(None)
-        return load(fs, folder)
-    return load(pyarrow.fs.LocalFileSystem(), experiment_path)
+    try:
+        fs, folder = pyarrow.fs.FileSystem.from_uri(experiment_path)
+    except (OSError, ValueError):
+        return parse(None)
+    return load(fs, folder)
 
 
 def stalled_ids(experiment_path: str) -> set[str]:
