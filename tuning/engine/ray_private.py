@@ -153,9 +153,20 @@ def set_wandb_actor(callback_cls, actor_cls) -> None:
 # A trial's process and failures (ray/tune/experiment/trial.py), for the stall watchdog (tuning/engine/watch.py)
 
 def trial_process(trial) -> tuple:
-    """(its actor handle or None, its node's IP, its worker's pid): the location comes from its last result."""
-    location = trial.temporary_state.location
-    return trial.temporary_state.ray_actor, location.hostname, location.pid
+    """(its actor handle or None, its node's IP, its worker's pid). From the GCS's actor table
+    (ray/_private/state.py, no dashboard needed), which knows them before the trial's first result; else
+    from the location Tune took from its last result."""
+    actor, location = trial.temporary_state.ray_actor, trial.temporary_state.location
+    node, pid = location.hostname, location.pid
+    if actor is not None:
+        try:
+            import ray._private.state
+
+            entry = ray._private.state.actors(actor._actor_id.hex())
+            node, pid = entry["Address"]["IPAddress"] or node, entry["Pid"] or pid
+        except Exception:  # noqa: BLE001 - the location from the last result is the fallback
+            pass
+    return actor, node, pid
 
 
 def trial_failures(trial) -> tuple[int, int]:

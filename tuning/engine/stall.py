@@ -104,13 +104,17 @@ def stall_record(name: str, node: str | None, pid: int | None, silent: float, mo
             "retried": retry, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def merge(previous: dict | None, record: dict | None = None, ended: str | None = None) -> dict:
-    """STALLS_FILE's contents with one more stall (`record`) and/or one more run that ended stalled (`ended`)."""
+def merge(previous: dict | None, record: dict | None = None, ended: str | None = None,
+          revived: str | None = None) -> dict:
+    """STALLS_FILE's contents with one more stall (`record`), one more run that ended stalled (`ended`), and/or
+    one less (`revived`: a --resume started it again)."""
     data = {"stalls": list((previous or {}).get("stalls", [])), "stalled": list((previous or {}).get("stalled", []))}
     if record is not None:
         data["stalls"].append(record)
     if ended is not None and ended not in data["stalled"]:
         data["stalled"].append(ended)
+    if revived is not None:
+        data["stalled"] = [s for s in data["stalled"] if s != revived]
     return data
 
 
@@ -140,10 +144,10 @@ def load(fs, folder: str) -> dict:
         return parse(None)
 
 
-def add(fs, folder: str, record: dict | None = None, ended: str | None = None) -> None:
+def add(fs, folder: str, record: dict | None = None, ended: str | None = None, revived: str | None = None) -> None:
     """Add a stall and/or a run that ended stalled to `folder`'s STALLS_FILE; a failed write is a warning."""
     path = f"{folder.rstrip('/')}/{STALLS_FILE}"
-    text = dumps(merge(load(fs, folder), record, ended))
+    text = dumps(merge(load(fs, folder), record, ended, revived))
     try:
         if fs is None:
             atomic_write_text(path, text)

@@ -29,6 +29,7 @@ class StallWatch(tune.Callback):
         self._watch = stall.Watch(stall_timeout)
         self._killed: set[str] = set()  # trials this callback killed whose failure Ray has not handled yet
         self._next_check = 0.0
+        self._stalled: set[str] | None = None  # stalls.json's "stalled", read at the first start
 
     # The Tuner pickles its run config's callbacks (tuner.pkl): the setting only, no clocks, no printer
     def __getstate__(self):
@@ -39,6 +40,11 @@ class StallWatch(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._watch.started(trial.trial_id, time.monotonic())
+        if self._stalled is None:
+            self._stalled = set(stall.load(*_folder(trial))["stalled"])
+        if trial.trial_id in self._stalled:  # a --resume gave a trial that ended stalled another chance
+            self._stalled.discard(trial.trial_id)
+            stall.add(*_folder(trial), revived=trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._watch.reported(trial.trial_id, time.monotonic())
@@ -55,6 +61,8 @@ class StallWatch(tune.Callback):
         if trial.trial_id in self._killed:  # the retries ran out on a stall: the trial ends stalled
             self._killed.discard(trial.trial_id)
             stall.add(*_folder(trial), ended=trial.trial_id)
+            if self._stalled is not None:
+                self._stalled.add(trial.trial_id)
 
     def on_step_begin(self, iteration, trials, **info):
         if not self.stall_timeout:

@@ -39,9 +39,12 @@ class TrialRow:
 def classify(ray_status: str, last_status: str | None, epochs_run: int, max_epochs: int,
              stalled: bool = False) -> str:
     """Ray's trial status plus the solver's last status -> how the trial ended. `stalled`: the stall watchdog
-    ended the trial for good (its id is under "stalled" in stalls.json)."""
+    ended the trial for good (its id is under "stalled" in stalls.json). Ray 2.60's saved state may still
+    call such a trial RUNNING: a trial whose actor died is not marked for the final snapshot when it errors."""
+    if stalled and ray_status != "TERMINATED":
+        return STALLED
     if ray_status == "ERROR":
-        return STALLED if stalled else ERROR
+        return ERROR
     if last_status == "failed":
         return FAILED
     if last_status == "diverged":
@@ -52,7 +55,7 @@ def classify(ray_status: str, last_status: str | None, epochs_run: int, max_epoc
         return COMPLETED
     if ray_status == "TERMINATED":  # stopped from outside before max_epochs, without an error: the scheduler
         return ASHA
-    return STALLED if stalled and not ray_status else UNFINISHED  # "": read from the trial folders
+    return UNFINISHED
 
 
 def curve(epochs: list[dict], metric: str) -> list[tuple[int, float]]:
