@@ -2,11 +2,13 @@
 run-folder contract (config.yaml in, metrics.jsonl and last/ out, --resume continues), no torch.
 
 Each call appends its argv to <out>/calls.txt. A config with seed FAIL_SEED fails (exit 3) after printing
-FAIL_MESSAGE; $FAKE_EPOCH_S seconds pass per epoch (default 0).
+FAIL_MESSAGE; $FAKE_EPOCH_S seconds pass per epoch (default 0). A config with seed STALL_SEED stops itself
+(SIGSTOP) after the first epoch each call writes, unless that was its last: a hung run for the stall watchdog.
 """
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ import yaml
 
 FAIL_SEED = 13
 FAIL_MESSAGE = "boom: this run fails on purpose"
+STALL_SEED = 17
 
 
 def main(argv: list[str]) -> int:
@@ -36,6 +39,8 @@ def main(argv: list[str]) -> int:
         metrics.write_text("".join(line + "\n" for line in lines))
         (out / "last").mkdir(exist_ok=True)
         (out / "last" / "trainer_state.pt").write_text(str(epoch))
+        if cfg["seed"] == STALL_SEED and status != "completed":
+            os.kill(os.getpid(), signal.SIGSTOP)
     return 0
 
 

@@ -145,3 +145,15 @@ def failing(config, *, base, space, metric) -> None:
 
     tune.report({"epoch": 0, metric: math.nan, "status": FAILED,
                  "message": f"node test: backbone_lr {config['backbone_lr']!r}: refused by the stub"})
+
+
+def stalling(config, *, base, space, metric, epochs: int, stall_lr: float, pid_dir: str) -> None:
+    """Report `epochs` epochs; the trial with backbone_lr `stall_lr` stops its own worker (SIGSTOP: a hung
+    CUDA call or NFS read, as the watchdog sees it) after the first epoch of each attempt, unless that was its
+    last, writing the worker's pid to pid_dir/<pid> first."""
+    for epoch in range(_restored_epoch() + 1, epochs + 1):
+        status = "completed" if epoch == epochs else "running"
+        _report({"epoch": epoch, metric: 0.1 * epoch + config["backbone_lr"], "status": status})
+        if config["backbone_lr"] == stall_lr and status != "completed":
+            (Path(pid_dir) / str(os.getpid())).write_text(_start_time(os.getpid()))
+            os.kill(os.getpid(), signal.SIGSTOP)

@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --runner processes: stop the runs still going after this many seconds and write "
                         "the folder from the epochs they reached (--resume continues them)")
     options.add_cluster_flags(o)
+    options.add_stall_flag(o)
     o.add_argument("--name", help="experiment name (default <dataset>-ablation-<time>); with --resume: which one")
     o.add_argument("--resume", action="store_true",
                    help="continue the ablation --name (default: the newest under --storage-path): finished runs "
@@ -226,7 +227,7 @@ def new_runset(args):
     joined = args.runner == "ray" and options.joins_cluster(args.address)
     where = runner.RunOptions(options.resources(args.gpus, args.gpus_per_trial, args.cpus_per_trial,
                                                 args.max_concurrent, unit="run", joined=joined),
-                              args.storage_path, args.name, args.out)
+                              args.storage_path, args.name, args.out, options.stall_timeout(args.stall_timeout))
     runset = runner.make_runset("ablate", variant_runs(base, seeds, names), where, metric=base.selection_metric,
                                 default_name=f"{args.dataset}-ablation",
                                 settings={"seeds": seeds, "variants": names, "regime": args.regime,
@@ -265,6 +266,7 @@ def resume_runset(args):
     runset = experiment_folder.resume(args.storage_path, args.name, kind, runner.runset_builder(kind),
                                       instead="`python tuning/ablate.py --summarize {experiment}` summarises what "
                                               "its runs saved")
+    runset = replace(runset, stall_timeout=options.stall_timeout(args.stall_timeout, runset.stall_timeout))
     return replace(runset, out_dir=options.absolute(args.out)) if args.out else runset
 
 

@@ -31,9 +31,11 @@ from tuning.engine.options import (
     absolute,
     add_cluster_flags,
     add_resource_flags,
+    add_stall_flag,
     joins_cluster,
     resources,
     resume_command,
+    stall_timeout,
 )
 from tuning.presets import DEMO_SIZE
 
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TrainConfig setting for every configuration, the baseline included (repeatable)")
     o = p.add_argument_group("experiment, cluster and output")
     add_cluster_flags(o)
+    add_stall_flag(o)
     o.add_argument("--name", help="experiment name (default confirm-<time>); with --resume: which one")
     o.add_argument("--resume", action="store_true",
                    help="continue the confirmation --name (default: the newest under --storage-path)")
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("give at least one export folder or config YAML to confirm (or --resume)")
         where = runner.RunOptions(resources(args.gpus, args.gpus_per_trial, args.cpus_per_trial, args.max_concurrent,
                                             unit="run", joined=joins_cluster(args.address)),
-                                  args.storage_path, args.name, args.out)
+                                  args.storage_path, args.name, args.out, stall_timeout(args.stall_timeout))
         runset = make_confirm_runset([load_input(p) for p in args.inputs], args.splits, args.set, where)
     with experiment_folder.claim(runset.experiment_path, new=not args.resume):
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -225,6 +228,7 @@ def resume_runset(args):
     runset = experiment_folder.resume(args.storage_path, args.name, kind, runner.runset_builder(kind),
                                       instead="each run's results stay in its folder there; run the confirmation "
                                               "again under another --name")
+    runset = replace(runset, stall_timeout=stall_timeout(args.stall_timeout, runset.stall_timeout))
     return replace(runset, out_dir=absolute(args.out)) if args.out else runset
 
 
@@ -301,7 +305,7 @@ def after_search(plan, result, *, top: int, splits: int, sets: list[str]) -> boo
         # The search's --set values that the space does not override apply to the baseline too.
         searched = set(space.fixed) | {p.name for p in space.params} | set(SPLIT_FIELDS)
         where = runner.RunOptions(Resources(plan.gpus, plan.gpus_per_trial, plan.cpus_per_trial, plan.max_concurrent),
-                                  plan.storage_path, name, f"{plan.export_dir}-confirm")
+                                  plan.storage_path, name, f"{plan.export_dir}-confirm", plan.stall_timeout)
         kept = [s for s in sets if s.partition("=")[0].strip() not in searched]
         runset, resume = make_confirm_runset(inputs, splits, kept, where), False
     print(f"\nconfirming the top {len(inputs)} trial(s) and the baseline on "

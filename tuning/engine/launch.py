@@ -17,8 +17,9 @@ import ray
 from ray import tune
 
 from hyperiqa.utils import UserError
-from tuning.engine import options, ray_private, ray_token, retention, tracking
+from tuning.engine import options, ray_private, ray_token, retention, stall, tracking
 from tuning.engine.trainable import FAILED, fixed_trial
+from tuning.engine.watch import StallWatch, replace_in
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEEP_CHECKPOINTS = 2  # per trial, ranked by the metric: the best epoch survives (see trainable.restore)
@@ -250,8 +251,21 @@ def run_config(plan) -> tune.RunConfig:
         # Upload each trial's working directory (its train.log) with every checkpoint: it lives on the
         # trial's node, which on a cluster is not the driver's.
         sync_config=tune.SyncConfig(sync_artifacts=True),
-        failure_config=tune.FailureConfig(max_failures=2),
-        callbacks=[FailedTrialReporter(), *retention_callbacks(plan), *tracking_callbacks(plan)])
+        failure_config=tune.FailureConfig(max_failures=stall.MAX_RETRIES),
+        callbacks=[FailedTrialReporter(), *retention_callbacks(plan), *tracking_callbacks(plan),
+                   StallWatch(stall_timeout(plan))])
+
+
+def stall_timeout(plan) -> float:
+    """--stall-timeout of a Plan or runner.RunSet (records from before the watchdog: the default)."""
+    return getattr(plan, "stall_timeout", stall.DEFAULT_STALL_TIMEOUT)
+
+
+def watch_restored(tuner: tune.Tuner, plan) -> None:
+    """A restored Tuner runs the callbacks pickled when the experiment was created: give it the watchdog with
+    the record's setting (an experiment from before the watchdog had none)."""
+    config = ray_private.restored_run_config(tuner)
+    config.callbacks = replace_in(config.callbacks, stall_timeout(plan))
 
 
 def retention_callbacks(plan) -> list:
@@ -278,6 +292,7 @@ def restore_fixed_tuner(runset, fn=fixed_trial) -> tune.Tuner:
     concurrency = max_concurrent(runset)
     tuner = tune.Tuner.restore(runset.experiment_path, trainable=_fixed_trainable(runset, fn), resume_errored=True)
     ray_private.restored_tune_config(tuner).max_concurrent_trials = concurrency
+    watch_restored(tuner, runset)
     return tuner
 
 

@@ -7,6 +7,9 @@ to train.log there. At most `concurrency` runs at once, each with its own torch/
 GPUs each process sees one device (CUDA_VISIBLE_DEVICES), which 1/gpus_per_trial runs share when that
 is a fraction (their memory capped by the config's gpu_memory_fraction, as under Ray). `collect` reads
 the curves back in the format tuning/runner.collect returns, so both runners write the same report.
+The stall watchdog applies here too (tuning/engine/stall.py): a run whose metrics.jsonl has not grown for
+too long is killed (its process group, SIGKILL) and started again from last/, MAX_RETRIES times; then it
+counts as failed, and the experiment folder's stalls.json lists it as stalled.
 No Ray imports here, nor anything that imports Ray.
 """
 
@@ -17,6 +20,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +31,7 @@ from hyperiqa.checkpoint import CONFIG, TRAINER_STATE
 from hyperiqa.config import TrainConfig
 from hyperiqa.text import fmt
 from hyperiqa.utils import UserError
+from tuning.engine import stall
 from tuning.engine.options import is_uri
 from tuning.engine.runner import RunSet, save_runset
 
@@ -136,6 +141,7 @@ class Job:
     log: object
     started: float = field(default_factory=time.monotonic)
     reported: int = 0  # epochs already printed
+    run: dict = field(default_factory=dict)  # the RunSet's entry, to start it again after a stall
 
 
 def execute(runset: RunSet, *, resume: bool = False, time_limit: float | None = None,
@@ -158,6 +164,7 @@ def execute(runset: RunSet, *, resume: bool = False, time_limit: float | None = 
     start = time.monotonic()
     failed: list[str] = []
     running: list[Job] = []
+    watch, stalls = stall.Watch(runset.stall_timeout), {}  # stalls: {run id: times it stalled}
     previous = _sigterm_as_interrupt()
     try:
         while todo or running:
@@ -170,10 +177,22 @@ def execute(runset: RunSet, *, resume: bool = False, time_limit: float | None = 
                 break
             while todo and free:
                 running.append(_start(*todo.pop(0), free.pop(0), out))
+                watch.started(running[-1].run_id, time.monotonic())
             time.sleep(POLL_S)
             for job in list(running):
-                _report_epochs(job, out, start)
+                if _report_epochs(job, out, start):
+                    watch.reported(job.run_id, time.monotonic())
+                silent = watch.stalled(job.run_id, time.monotonic()) if job.proc.poll() is None else None
+                if silent is not None:
+                    running.remove(job)
+                    free.append(job.slot)
+                    if _end_stalled(job, runset, watch, stalls, silent, out):
+                        todo.insert(0, (job.run, job.folder))
+                    else:
+                        failed.append(job.run_id)
+                    continue
                 if job.proc.poll() is not None:
+                    watch.forget(job.run_id)
                     running.remove(job)
                     free.append(job.slot)
                     if not _finish(job, out, start):
@@ -184,6 +203,23 @@ def execute(runset: RunSet, *, resume: bool = False, time_limit: float | None = 
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return collect(runset), failed
+
+
+def _end_stalled(job: Job, runset: RunSet, watch: stall.Watch, stalls: dict, silent: float, out) -> bool:
+    """Kill a stalled run's process group, say so in one line and record it; True if it is to be retried."""
+    _signal(job, signal.SIGKILL)  # also a stopped (SIGSTOP) or hung process: SIGKILL needs no cooperation
+    job.proc.wait()
+    job.log.close()
+    stalls[job.run_id] = stalls.get(job.run_id, 0) + 1
+    retry = stalls[job.run_id] <= stall.MAX_RETRIES
+    most = watch.limit_for(job.run_id) or 0.0
+    watch.forget(job.run_id)
+    node = socket.gethostname()
+    out(stall.stall_line(f"run {job.run_id}", node, silent, most, retry), flush=True)
+    stall.add(None, runset.experiment_path,
+              record=stall.stall_record(job.run_id, node, job.proc.pid, silent, most, retry),
+              ended=None if retry else job.run_id)
+    return retry
 
 
 def _sigterm_as_interrupt():
@@ -212,20 +248,22 @@ def _start(run: dict, folder: Path, slot: str | None, out) -> Job:
     proc = subprocess.Popen(command(folder, resume), cwd=ROOT, env=child_env(run["config"], slot), stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     job = Job(run["id"], folder, int(run["config"]["epochs"]), slot, proc, log,
-              reported=len(read_epochs(folder)))
+              reported=len(read_epochs(folder)), run=run)
     where = "" if slot is None else f" on GPU {slot}"
     out(f"{job.run_id}: {'continues after epoch ' + str(job.reported) if resume else 'starts'}{where}", flush=True)
     return job
 
 
-def _report_epochs(job: Job, out, start: float) -> None:
-    """One line per epoch the run finished since the last look."""
+def _report_epochs(job: Job, out, start: float) -> bool:
+    """One line per epoch the run finished since the last look; True if there was one."""
     epochs = read_epochs(job.folder)
     for m in epochs[job.reported:]:
         out(f"{job.run_id}: epoch {int(m['epoch'])}/{job.epochs}  val srcc {fmt(m.get('val_srcc'), finite_only=True)}  test srcc "
             f"{fmt(m.get('test_srcc'), finite_only=True)}  [{m.get('status')}]  run {_mmss(time.monotonic() - job.started)}, "
             f"all {_mmss(time.monotonic() - start)}", flush=True)
+    new = len(epochs) > job.reported
     job.reported = max(job.reported, len(epochs))
+    return new
 
 
 def _finish(job: Job, out, start: float) -> bool:

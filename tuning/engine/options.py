@@ -58,6 +58,26 @@ def add_cluster_flags(g: argparse._ArgumentGroup, default_storage: str = "ray_re
                         "Ray's trial table still prints here)")
 
 
+def add_stall_flag(g) -> None:
+    """--stall-timeout (tuning/engine/stall.py): None when not given, so that --resume keeps the experiment's own."""
+    from tuning.engine import stall
+
+    g.add_argument("--stall-timeout", type=float, metavar="SECONDS",
+                   help=f"a trial that reports nothing for max(SECONDS, {stall.EPOCH_MULTIPLE:g} x its slowest epoch) is "
+                        f"killed (its GPU freed) and retried from its last checkpoint, {stall.MAX_RETRIES} times, then "
+                        f"ends as stalled; 0 = never (default {stall.DEFAULT_STALL_TIMEOUT:g}; with --resume: the "
+                        "experiment's own). docs/clusters.md")
+
+
+def stall_timeout(value: float | None, resumed: float | None = None) -> float:
+    """--stall-timeout checked; not given: the resumed experiment's setting, else the default."""
+    from tuning.engine import stall
+
+    if value is None:
+        return stall.DEFAULT_STALL_TIMEOUT if resumed is None else resumed
+    return stall.check_stall_timeout(value)
+
+
 def is_uri(path: str) -> bool:
     return "://" in path
 

@@ -10,6 +10,8 @@ reaches into; the rest of the project uses Ray's public API only. What relies on
 - ASHA's bracket and rungs: a resumed search refills them (tuning/sweep/asha.py).
 - OptunaSearch's study and trials: the searcher tells Optuna each trial's best value (tuning/sweep/optuna_search.py).
 - The MLflow and W&B logger callbacks' state (tuning/engine/ray_callbacks.py).
+- trial_process, trial_failures, restored_run_config: the stall watchdog kills a silent trial's actor and
+  is given to a restored Tuner (tuning/engine/watch.py).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ CHECKED_WITH = ("2.60.0",)
 
 __all__ = ["CHECKED_WITH", "WandbLoggingActor", "after_study_setup", "asha_metric_op", "asha_record", "asha_rungs", "fit_stopped_by_sigint",
            "mlflow_trial_runs", "optuna_completed", "optuna_storage", "optuna_study", "optuna_trials",
-           "restored_tune_config", "set_wandb_actor", "single_node_mode", "wandb_module"]
+           "restored_run_config", "restored_tune_config", "set_wandb_actor", "single_node_mode", "trial_failures", "trial_process", "wandb_module"]
 
 
 def restored_tune_config(tuner: tune.Tuner) -> tune.TuneConfig:
@@ -146,3 +148,37 @@ def wandb_module(actor):
 def set_wandb_actor(callback_cls, actor_cls) -> None:
     """Make WandbLoggerCallback subclass `callback_cls` log each trial through `actor_cls`."""
     callback_cls._logger_actor_cls = actor_cls
+
+
+# A trial's process and failures (ray/tune/experiment/trial.py), for the stall watchdog (tuning/engine/watch.py)
+
+def trial_process(trial) -> tuple:
+    """(its actor handle or None, its node's IP, its worker's pid). From the GCS's actor table
+    (ray/_private/state.py, no dashboard needed), which knows them before the trial's first result; else
+    from the location Tune took from its last result."""
+    actor, location = trial.temporary_state.ray_actor, trial.temporary_state.location
+    node, pid = location.hostname, location.pid
+    if actor is not None:
+        try:
+            import ray._private.state
+
+            entry = ray._private.state.actors(actor._actor_id.hex())
+            node, pid = entry["Address"]["IPAddress"] or node, entry["Pid"] or pid
+        except Exception:  # noqa: BLE001 - the location from the last result is the fallback
+            pass
+    return actor, node, pid
+
+
+def trial_failures(trial) -> tuple[int, int]:
+    """(failures counted so far, FailureConfig's max_failures); Ray retries while failures <= max_failures."""
+    return trial.run_metadata.num_failures, trial.max_failures
+
+
+def restored_run_config(tuner: tune.Tuner) -> tune.RunConfig:
+    """The RunConfig a restored Tuner will run with, unpickled from tuner.pkl with its callbacks
+    (ray/tune/impl/tuner_internal.py)."""
+    config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+    if not isinstance(config, tune.RunConfig):
+        raise RuntimeError(f"ray {ray.__version__}: cannot reach the restored Tuner's RunConfig; "
+                           f"this project needs ray {' or '.join(CHECKED_WITH)}")
+    return config

@@ -28,6 +28,7 @@ from tuning.engine.options import (
     resume_command,
     writable_storage,
 )
+from tuning.engine.stall import DEFAULT_STALL_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class RunSet:
     out_dir: str
     max_concurrent: int | None = None
     settings: dict = dataclasses.field(default_factory=dict)  # the CLI's own choices, for its summary
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT  # tuning/engine/stall.py; records saved before it get the default
 
     @property
     def num_samples(self) -> int:
@@ -70,6 +72,7 @@ class RunOptions:
     storage_path: str
     name: str | None = None  # None: <default_name>-<time>
     out: str | None = None   # None: <kind>_results/<name>
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT  # --stall-timeout, checked
 
 
 def make_runset(kind: str, runs: list[tuple[str, dict, TrainConfig]], options: RunOptions, *, metric: str,
@@ -94,7 +97,7 @@ def make_runset(kind: str, runs: list[tuple[str, dict, TrainConfig]], options: R
     out_dir = absolute(options.out or str(Path(f"{kind}_results") / name))
     r = options.resources
     return RunSet(kind, tuple(out), metric, r.gpus, r.gpus_per_trial, r.cpus_per_trial, storage, name, out_dir,
-                  r.max_concurrent, settings or {})
+                  r.max_concurrent, settings or {}, options.stall_timeout)
 
 
 def save_runset(runset: RunSet) -> None:

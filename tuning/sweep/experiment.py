@@ -24,9 +24,11 @@ from tuning.engine.options import (
     add_cluster_flags,
     add_data_flags,
     add_resource_flags,
+    add_stall_flag,
     joins_cluster,
     resources,
     resume_command,
+    stall_timeout,
 )
 from tuning.sweep import crosseval
 from tuning.sweep.plan import Plan, SearchFlags, describe_defaults, make_plan
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the experiment --name (default: the newest under --storage-path); finished "
                         "trials are kept, unfinished ones continue from their checkpoints")
     o.add_argument("--export-dir", metavar="DIR", help="export folder (default exports/<name>)")
+    add_stall_flag(o)
     o.add_argument("--keep-checkpoints", metavar="POLICY", default=retention.DEFAULT_KEEP,
                    help="what the trials' checkpoints keep: best (default: optimizer state only in a running "
                         "trial's latest checkpoint, an ended trial keeps its best epoch's weights); all (every "
@@ -139,7 +142,7 @@ def search_flags(args: argparse.Namespace) -> SearchFlags:
         resources=resources(args.gpus, args.gpus_per_trial, args.cpus_per_trial, args.max_concurrent,
                             joined=joins_cluster(args.address)),
         storage_path=args.storage_path, name=args.name, export_dir=args.export_dir,
-        keep_checkpoints=args.keep_checkpoints, cross=tuple(args.cross),
+        keep_checkpoints=args.keep_checkpoints, cross=tuple(args.cross), stall_timeout=args.stall_timeout,
         tracking=tracking.plan_fields(args.log_to, args.mlflow_uri, args.wandb_project, args.optuna_storage))
 
 
@@ -154,11 +157,11 @@ def new_plan(flags: SearchFlags) -> Plan:
 def resume_plan(args: argparse.Namespace) -> Plan:
     plan = experiment_folder.resume(args.storage_path, args.name, experiment_folder.SEARCH, Plan,
                                     instead="`python tuning/export.py {experiment}` exports what its trials saved")
-    if args.export_dir:
-        import dataclasses
+    import dataclasses
 
+    if args.export_dir:
         plan = dataclasses.replace(plan, export_dir=absolute(args.export_dir))
-    return plan
+    return dataclasses.replace(plan, stall_timeout=stall_timeout(args.stall_timeout, plan.stall_timeout))
 
 
 def _prune_after_export(plan, result, interrupted: bool) -> None:

@@ -41,6 +41,7 @@ from hyperiqa.text import fmt
 from hyperiqa.utils import UserError, atomic_write_json, atomic_write_text
 from tuning.engine import experiment_folder, tracking
 from tuning.engine.result_folder import staging
+from tuning.engine.stall import stalled_ids
 from tuning.run_stats import finite
 from tuning.sweep import crosseval
 from tuning.sweep import trials_report as report
@@ -99,7 +100,7 @@ def load_trials(experiment_path: str, plan: Plan, *, log=print) -> tuple[list[re
         except ValueError as exc:  # no state file: the search stopped before Ray's first snapshot
             damaged = f"no Ray Tune experiment state yet ({str(exc).splitlines()[0]})"
         else:
-            return _rows_from_state(analysis, plan)
+            return _rows_from_state(analysis, plan, stalled_ids(experiment_path))
     from tuning.engine.trial_folders import read_trials
 
     trials = read_trials(experiment_path)
@@ -111,11 +112,13 @@ def load_trials(experiment_path: str, plan: Plan, *, log=print) -> tuple[list[re
         raise UserError(f"{experiment_path}: {damaged}, and no trial folder there holds a result{then}")
     log(f"warning: {damaged}; read the {len(trials)} trials from their own folders instead (a trial that ASHA "
         "stopped or that errored shows as unfinished)")
-    rows = [report.make_row(t.trial_id, t.config, "", t.epochs, plan.metric, plan.max_epochs) for t in trials]
+    stalled = stalled_ids(experiment_path)
+    rows = [report.make_row(t.trial_id, t.config, "", t.epochs, plan.metric, plan.max_epochs, t.trial_id in stalled)
+            for t in trials]
     return rows, {t.trial_id: t for t in trials}
 
 
-def _rows_from_state(analysis, plan: Plan) -> tuple[list[report.TrialRow], dict]:
+def _rows_from_state(analysis, plan: Plan, stalled: set[str]) -> tuple[list[report.TrialRow], dict]:
     from ray import tune
 
     grid = tune.ResultGrid(analysis)  # one Result per trial, in analysis.trials order
@@ -124,7 +127,7 @@ def _rows_from_state(analysis, plan: Plan) -> tuple[list[report.TrialRow], dict]
         frame = analysis.trial_dataframes.get(trial.trial_id)
         epochs = frame.to_dict("records") if frame is not None and len(frame) else []
         rows.append(report.make_row(trial.trial_id, trial.config or result.config or {}, trial.status, epochs, plan.metric,
-                                    plan.max_epochs))
+                                    plan.max_epochs, trial.trial_id in stalled))
         results[trial.trial_id] = result
     return rows, results
 

@@ -27,8 +27,10 @@ from tuning.engine.options import (
     check_name,
     finite,
     for_ray,
+    stall_timeout,
     writable_storage,
 )
+from tuning.engine.stall import DEFAULT_STALL_TIMEOUT
 from tuning.presets import (  # noqa: F401  (the defaults' names, read here too)
     DEMO_GRACE_PERIOD,
     DEMO_MAX_EPOCHS,
@@ -63,6 +65,7 @@ class SearchFlags:
     keep_checkpoints: str
     tracking: dict            # tracking.plan_fields: checked, as the Plan saves them
     cross: tuple[str, ...]    # NAME=ROOT as given
+    stall_timeout: float | None = None  # None: the default (tuning/engine/stall.py)
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class Plan:
     optuna_storage: str | None = None
     cross: list = field(default_factory=list)    # [[dataset name, absolute root], ...]
     keep_checkpoints: str = "all"  # tuning/engine/retention.py; plans saved before it kept everything, and still do
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT  # tuning/engine/stall.py; plans saved before it get the default
 
     def with_resources(self, r: Resources) -> Plan:
         """The plan on resources settled after connecting (launch.settle_gpus): every trial's device and share."""
@@ -141,7 +145,8 @@ def make_plan(flags: SearchFlags) -> Plan:
     return Plan(fields, _raw_space(space_file), space_file.source, flags.metric, flags.searcher, flags.seed,
                 num_samples, max_epochs, grace, flags.reduction_factor, r.gpus, r.gpus_per_trial, r.cpus_per_trial,
                 storage, name, export_dir, r.max_concurrent, cross=cross_sets,
-                keep_checkpoints=_keep(flags.keep_checkpoints), **flags.tracking)
+                keep_checkpoints=_keep(flags.keep_checkpoints), stall_timeout=stall_timeout(flags.stall_timeout),
+                **flags.tracking)
 
 
 def _keep(policy: str) -> str:

@@ -18,6 +18,9 @@ from tuning.run_stats import MIN_DROP, finite, peak
 COMPLETED, ASHA, DECLINE, DIVERGED, ERROR = "completed", "stopped by ASHA", "stopped for decline", "diverged", "error"
 FAILED = "failed to start"  # its data, cache or configuration was refused on its node (see `message`)
 UNFINISHED = "unfinished"  # the experiment was interrupted: --resume continues it
+STALLED = "stalled"  # reported nothing too long, every retry too (tuning/engine/stall.py, stalls.json)
+STALLED_MESSAGE = ("reported nothing for longer than the --stall-timeout rule allows, and so did each retry "
+                   "from its last checkpoint (stalls.json in the experiment folder)")
 
 
 @dataclass
@@ -33,8 +36,13 @@ class TrialRow:
     message: str = ""  # why a trial failed to start or diverged
 
 
-def classify(ray_status: str, last_status: str | None, epochs_run: int, max_epochs: int) -> str:
-    """Ray's trial status plus the solver's last status -> how the trial ended."""
+def classify(ray_status: str, last_status: str | None, epochs_run: int, max_epochs: int,
+             stalled: bool = False) -> str:
+    """Ray's trial status plus the solver's last status -> how the trial ended. `stalled`: the stall watchdog
+    ended the trial for good (its id is under "stalled" in stalls.json). Ray 2.60's saved state may still
+    call such a trial RUNNING: a trial whose actor died is not marked for the final snapshot when it errors."""
+    if stalled and ray_status != "TERMINATED":
+        return STALLED
     if ray_status == "ERROR":
         return ERROR
     if last_status == "failed":
@@ -56,13 +64,16 @@ def curve(epochs: list[dict], metric: str) -> list[tuple[int, float]]:
     return [(e, _float(by_epoch[e].get(metric))) for e in sorted(by_epoch)]
 
 
-def make_row(trial_id: str, params: dict, ray_status: str, epochs: list[dict], metric: str, max_epochs: int) -> TrialRow:
+def make_row(trial_id: str, params: dict, ray_status: str, epochs: list[dict], metric: str, max_epochs: int,
+             stalled: bool = False) -> TrialRow:
     """epochs: the trial's reported results (possibly with an epoch repeated after a resume; the last one counts)."""
     row = TrialRow(trial_id, dict(params), curve(epochs, metric))
     last = epochs[-1] if epochs else {}
     row.epochs_run = row.curve[-1][0] if row.curve else 0
-    row.ended = classify(ray_status, last.get("status"), row.epochs_run, max_epochs)
+    row.ended = classify(ray_status, last.get("status"), row.epochs_run, max_epochs, stalled)
     row.message = str(last.get("message") or "") if row.ended in (FAILED, DIVERGED) else ""
+    if row.ended == STALLED:
+        row.message = STALLED_MESSAGE
     scored = [(v, e) for e, v in row.curve if math.isfinite(v)]
     if scored:
         # On a tie the later epoch wins, as in Ray's checkpoint ranking: that is the checkpoint it keeps.
@@ -148,7 +159,7 @@ def text_table(entries: list[dict[str, Any]], hide: tuple[str, ...] = ("message"
 
 def plot_curves(rows: list[TrialRow], metric: str, best_id: str | None, path) -> None:
     """The metric per epoch for every trial; a trial's line ends where it stopped, with a marker per ending."""
-    markers = {COMPLETED: "o", ASHA: "x", DECLINE: "v", DIVERGED: "D", ERROR: "s", UNFINISHED: ">"}
+    markers = {COMPLETED: "o", ASHA: "x", DECLINE: "v", DIVERGED: "D", ERROR: "s", UNFINISHED: ">", STALLED: "X"}
     series = []
     for row in rows:
         points = [(e, v) for e, v in row.curve if math.isfinite(v)]
