@@ -17,7 +17,7 @@ import ray
 from ray import tune
 
 from hyperiqa.utils import UserError
-from tuning.engine import ray_private, retention, tracking
+from tuning.engine import progress, ray_private, retention, tracking
 from tuning.engine.trainable import FAILED, fixed_trial
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -202,7 +202,7 @@ def run_config(plan) -> tune.RunConfig:
         # trial's node, which on a cluster is not the driver's.
         sync_config=tune.SyncConfig(sync_artifacts=True),
         failure_config=tune.FailureConfig(max_failures=2),
-        callbacks=[FailedTrialReporter(), *retention_callbacks(plan), *tracking_callbacks(plan)])
+        callbacks=[FailedTrialReporter(), *retention_callbacks(plan), *tracking_callbacks(plan), progress.for_experiment(plan)])
 
 
 def retention_callbacks(plan) -> list:
@@ -229,6 +229,7 @@ def restore_fixed_tuner(runset, fn=fixed_trial) -> tune.Tuner:
     concurrency = max_concurrent(runset)
     tuner = tune.Tuner.restore(runset.experiment_path, trainable=_fixed_trainable(runset, fn), resume_errored=True)
     ray_private.restored_tune_config(tuner).max_concurrent_trials = concurrency
+    progress.refresh(ray_private.restored_run_config(tuner), runset)
     return tuner
 
 

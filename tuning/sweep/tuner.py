@@ -11,8 +11,9 @@ from typing import Any
 from ray import tune
 
 from hyperiqa.utils import UserError
+from tuning.engine import progress
 from tuning.engine.launch import max_concurrent, run_config
-from tuning.engine.ray_private import restored_tune_config
+from tuning.engine.ray_private import restored_run_config, restored_tune_config
 from tuning.engine.trainable import run_trial
 from tuning.sweep import trials_report as report
 from tuning.sweep.asha import make_scheduler
@@ -58,6 +59,7 @@ def restore_tuner(plan: Plan, fn=train_trial) -> tune.Tuner:
     tuner = tune.Tuner.restore(plan.experiment_path, trainable=make_trainable(plan, fn), resume_errored=True)
     config = restored_tune_config(tuner)
     config.scheduler, config.max_concurrent_trials = scheduler, concurrency
+    progress.refresh(restored_run_config(tuner), plan)
     return tuner
 
 
