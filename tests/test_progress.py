@@ -63,7 +63,7 @@ def test_the_line_says_what_is_known():
         "ETA at most 1h02m (ASHA may stop trials sooner; at least 14m00s)")
     assert format_line(**counts, left_most_s=720, left_least_s=720).endswith("ETA about 12m00s")
     assert format_line(finished=4, running=0, pending=0, epochs_done=9, epochs_open=0, elapsed_s=65,
-                       left_most_s=0.0, left_least_s=0.0).endswith("9 epochs done of at most 9; elapsed 1m05s; done")
+                       left_most_s=None, left_least_s=None).endswith("9 epochs done of at most 9; elapsed 1m05s; done")
 
 
 def trial(status: str, epoch: int = 0, run: str | None = None) -> SimpleNamespace:

@@ -3,7 +3,7 @@
 Printed at most every `interval_s` (60 s by default) while trials run, and once more when the run ends.
 Example (docs/search.md, "Progress and time left"):
 
-    progress: 3/16 trials finished, 2 running, 11 pending; 41 epochs done of at most 160; elapsed 25m10s; ETA at most 1h02m (ASHA may stop trials sooner; at least 14m)
+    progress: 3/16 trials finished, 2 running, 11 pending; 41 epochs done of at most 160; elapsed 25m10s; ETA at most 1h02m (ASHA may stop trials sooner; at least 14m00s)
 
 The time left is the epochs still open times the median measured epoch time, spread over the trials that
 run at once. Under ASHA a running or pending trial may run until --max-epochs (the upper bound) or be stopped
@@ -73,10 +73,10 @@ def format_line(*, finished: int, running: int, pending: int, epochs_done: int, 
                 elapsed_s: float, left_most_s: float | None, left_least_s: float | None) -> str:
     """The progress line. left_*_s: estimate_left of the most and the least open epochs (equal without ASHA)."""
     total = finished + running + pending
-    if left_most_s is None:
-        eta = "ETA unknown (no epoch measured yet)"
-    elif not running and not pending:
+    if not running and not pending:
         eta = "done"
+    elif left_most_s is None:
+        eta = "ETA unknown (no epoch measured yet)"
     elif left_least_s is not None and left_least_s < left_most_s:
         eta = (f"ETA at most {format_duration(left_most_s)} (ASHA may stop trials sooner; "
                f"at least {format_duration(left_least_s)})")
