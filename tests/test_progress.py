@@ -108,8 +108,13 @@ def test_a_fixed_run_uses_each_runs_own_epochs_and_says_about():
     callback.on_step_begin(0, trials)
     callback.on_trial_result(0, trials, trials[0], {"epoch": 1, "time_this_iter_s": 0.5, "time_s": 30.0})
     callback.on_step_begin(1, trials)
-    # a: 3 open, b and c not created yet: 10 and 6; one trial ran at once; b's 10 bound nothing here
+    # a: 3 open; b and c not created yet: 10 and 6; one trial ran at once; 19 epochs of 30 s (the solver's
+    # time_s: a resumed run reports the epochs it catches up on at once)
     assert "1 epochs done of at most 20" in lines[-1] and lines[-1].endswith("ETA about 9m30s")
+    trials = [trial("TERMINATED", 4, run="a"), trial("RUNNING", 2, run="b")]
+    callback.on_step_begin(2, trials)
+    # c, not created yet, is the one left with 6 epochs (a's 4 are done): 8 + 6 on 1 slot
+    assert "6 epochs done of at most 20" in lines[-1] and lines[-1].endswith("ETA about 7m00s")
 
 
 def test_a_resumed_run_gets_a_fresh_progress_line_whether_or_not_it_had_one():

@@ -139,11 +139,11 @@ class ProgressLine(tune.Callback):
         for trial in trials:
             done = int((trial.last_result or {}).get("epoch") or 0)
             done_total += done
+            budget = self._budget_of(trial, seen_runs)
             if trial.status in FINISHED:
                 counts["finished"] += 1
                 continue
             counts["running" if trial.status == "RUNNING" else "pending"] += 1
-            budget = self._budget_of(trial, seen_runs)
             low, high = open_epochs(done, budget, self.milestones)
             least.append(low)
             most.append(high)
