@@ -22,17 +22,24 @@ def args_for(tmp_path, **changes) -> runner.RunOptions:
     return runner.RunOptions(**{**values, **changes})
 
 
-def test_runs_report_every_epoch_and_match_training_without_ray(tiny_cfg, tmp_path):
-    configs = {"lr-high": tiny_cfg(epochs=2, backbone_lr=2e-3), "lr-low": tiny_cfg(epochs=2, backbone_lr=1e-5)}
+def test_runs_report_every_epoch_and_match_training_without_ray(tiny_cfg, tmp_path, capsys):
+    configs = {"lr-high": tiny_cfg(epochs=2, backbone_lr=2e-3), "lr-low": tiny_cfg(epochs=1, backbone_lr=1e-5)}
     runs = [(run_id, {"variant": run_id}, cfg) for run_id, cfg in configs.items()]
     runset = runner.make_runset("ablate", runs, args_for(tmp_path), metric="val_srcc", default_name="x")
     ray.init(address="local", num_cpus=2, include_dashboard=False)  # not a Ray another run left here
     try:
         curves, interrupted = runner.execute(runset)
+        resumed, _ = runner.execute(runset, resume=True)  # nothing left to run
     finally:
         ray.shutdown()
+    assert {k: [m["epoch"] for m in v] for k, v in resumed.items()} == {"lr-high": [1, 2], "lr-low": [1]}
+    # tuning/engine/progress.py: each run's own epochs; the resumed run's line is its own, not a second one
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("progress: ")]
+    assert [line.split("; elapsed")[0] for line in done] == 2 * [
+        "progress: 2/2 trials finished, 0 running, 0 pending; 3 epochs done of at most 3"]
+    assert all(line.endswith("; done") for line in done)
     assert runner.load_runset(runset.experiment_path, ABLATION) == runset and interrupted is False
-    assert [m["epoch"] for m in curves["lr-high"]] == [1, 2] and len(curves["lr-low"]) == 2
+    assert [m["epoch"] for m in curves["lr-high"]] == [1, 2] and len(curves["lr-low"]) == 1
     # The runner adds nothing to the training: the same configuration without Ray gives the same numbers.
     alone = list(Solver(configs["lr-high"].replace(num_threads=1), log=lambda *_: None).epochs())
     for ray_epoch, plain_epoch in zip(curves["lr-high"], alone):

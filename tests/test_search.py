@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -164,6 +165,14 @@ def test_export_folder_is_complete(search):
     importance = json.loads((export / "importance.json").read_text())
     assert set(importance["importances"]) <= {"backbone_lr", "schedule", "step_size"}
     assert "next steps" in search["stdout"] and "best_val_srcc" in search["stdout"]
+
+
+def test_the_resumed_search_ended_with_a_progress_line(search):
+    # tuning/engine/progress.py: the resumed run got its own line (the 60 s ones need a longer search)
+    found = re.findall(r"progress: 3/3 trials finished, 0 running, 0 pending; (\d+) epochs done of at most (\d+); "
+                       r"elapsed \S+; done", search["stdout"])
+    epochs = sum(int(row["epochs_run"]) for row in trials_csv(search))
+    assert found == [(str(epochs), str(epochs))], search["stdout"][-3000:]
 
 
 def test_reexport_from_the_experiment_path(search, tmp_path):

@@ -8,6 +8,7 @@ import functools
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -24,6 +25,7 @@ import yaml
 from hyperiqa.utils import UserError
 from tests.stub_trials import failing, scripted
 from tests.test_search import ROOT, search_argv
+from tuning.engine import progress
 from tuning.sweep import experiment as search
 from tuning.sweep import trials_report as report
 from tuning.sweep.export_folder import ExportResult
@@ -97,7 +99,8 @@ def run_scripted_search(tmp_path, tiny_dataset, tiny_cache_dir, curves: dict, na
 
 
 def test_diverged_trials_rank_by_their_best_finite_epoch_and_optuna_learns_best_values(
-        tiny_dataset, tiny_cache_dir, tmp_path, capsys):
+        tiny_dataset, tiny_cache_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(progress, "DEFAULT_INTERVAL_S", 0)  # a progress line at every step of Tune's loop
     # 1e-3 also has the original's shape (best at epoch 1, then falling): the only trial with 4 epochs.
     curves = {repr(1e-3): [0.8, 0.7, 0.65, 0.6], repr(1e-4): [0.6, 0.9, math.nan], repr(1e-5): [0.4, math.nan]}
     experiment = run_scripted_search(tmp_path, tiny_dataset, tiny_cache_dir, curves, "mixed")
@@ -114,6 +117,12 @@ def test_diverged_trials_rank_by_their_best_finite_epoch_and_optuna_learns_best_
     assert states[repr(1e-4)] == states[repr(1e-5)] == optuna.trial.TrialState.PRUNED
     out = capsys.readouterr().out
     assert "diverged at epoch 3" in out
+    # tuning/engine/progress.py: a line with an estimate once a running trial has reported an epoch (Tune
+    # handles one result per step), and the last one
+    assert re.search(r"^progress: [0-2]/3 trials finished, 1 running, [0-2] pending; \d+ epochs done of at most "
+                     r"\d+; elapsed \w+; ETA about \w+$", out, re.MULTILINE), out[-3000:]
+    assert re.search(r"^progress: 3/3 trials finished, 0 running, 0 pending; (\d+) epochs done of at most \1; "
+                     r"elapsed \w+; done$", out, re.MULTILINE), out[-3000:]
     # The early peak: flagged for that trial only (the others ran fewer than 4 epochs), and it is 1 of 1.
     assert [trials[ids[k]]["early_peak"] for k in curves] == ["true", "false", "false"]
     assert "warning: Early peak, then decline in 1 of the 1 trials" in out

@@ -17,7 +17,7 @@ import ray
 from ray import tune
 
 from hyperiqa.utils import UserError
-from tuning.engine import options, ray_private, ray_token, retention, stall, tracking
+from tuning.engine import options, progress, ray_private, ray_token, retention, stall, tracking
 from tuning.engine.trainable import FAILED, fixed_trial
 from tuning.engine.watch import StallWatch, replace_in
 
@@ -253,7 +253,7 @@ def run_config(plan) -> tune.RunConfig:
         sync_config=tune.SyncConfig(sync_artifacts=True),
         failure_config=tune.FailureConfig(max_failures=stall.MAX_RETRIES),
         callbacks=[FailedTrialReporter(), *retention_callbacks(plan), *tracking_callbacks(plan),
-                   StallWatch(stall_timeout(plan))])
+                   StallWatch(stall_timeout(plan)), progress.for_experiment(plan)])
 
 
 def stall_timeout(plan) -> float:
@@ -261,11 +261,12 @@ def stall_timeout(plan) -> float:
     return getattr(plan, "stall_timeout", stall.DEFAULT_STALL_TIMEOUT)
 
 
-def watch_restored(tuner: tune.Tuner, plan) -> None:
+def refresh_callbacks(tuner: tune.Tuner, plan) -> None:
     """A restored Tuner runs the callbacks pickled when the experiment was created: give it the watchdog with
-    the record's setting (an experiment from before the watchdog had none)."""
+    the record's setting and a fresh progress line (an experiment from before them had neither)."""
     config = ray_private.restored_run_config(tuner)
     config.callbacks = replace_in(config.callbacks, stall_timeout(plan))
+    progress.refresh(config, plan)
 
 
 def retention_callbacks(plan) -> list:
@@ -292,7 +293,7 @@ def restore_fixed_tuner(runset, fn=fixed_trial) -> tune.Tuner:
     concurrency = max_concurrent(runset)
     tuner = tune.Tuner.restore(runset.experiment_path, trainable=_fixed_trainable(runset, fn), resume_errored=True)
     ray_private.restored_tune_config(tuner).max_concurrent_trials = concurrency
-    watch_restored(tuner, runset)
+    refresh_callbacks(tuner, runset)
     return tuner
 
 

@@ -3,6 +3,7 @@
 Checked against Ray 2.60.0 (the version pinned in pyproject.toml). Each function names the Ray source it
 reaches into; the rest of the project uses Ray's public API only. What relies on each:
 
+- restored_run_config: a resumed run gets a new progress line (tuning/engine/progress.py).
 - restored_tune_config: a resumed search gets a new ASHA and concurrency (tuning/sweep/tuner.py), a
   resumed fixed-configuration run a new concurrency (tuning/engine/launch.py).
 - single_node_mode: a local Ray listens on loopback only (launch.start_ray).
@@ -40,6 +41,16 @@ def restored_tune_config(tuner: tune.Tuner) -> tune.TuneConfig:
     config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
     if not isinstance(config, tune.TuneConfig):
         raise RuntimeError(f"ray {ray.__version__}: cannot reach the restored Tuner's TuneConfig; "
+                           f"this project needs ray {' or '.join(CHECKED_WITH)}")
+    return config
+
+
+def restored_run_config(tuner: tune.Tuner) -> tune.RunConfig:
+    """The RunConfig a restored Tuner will run with, callbacks included, as unpickled from the experiment's
+    tuner.pkl (ray/tune/impl/tuner_internal.py, TunerInternal.get_run_config)."""
+    config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+    if not isinstance(config, tune.RunConfig):
+        raise RuntimeError(f"ray {ray.__version__}: cannot reach the restored Tuner's RunConfig; "
                            f"this project needs ray {' or '.join(CHECKED_WITH)}")
     return config
 
@@ -172,13 +183,3 @@ def trial_process(trial) -> tuple:
 def trial_failures(trial) -> tuple[int, int]:
     """(failures counted so far, FailureConfig's max_failures); Ray retries while failures <= max_failures."""
     return trial.run_metadata.num_failures, trial.max_failures
-
-
-def restored_run_config(tuner: tune.Tuner) -> tune.RunConfig:
-    """The RunConfig a restored Tuner will run with, unpickled from tuner.pkl with its callbacks
-    (ray/tune/impl/tuner_internal.py)."""
-    config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
-    if not isinstance(config, tune.RunConfig):
-        raise RuntimeError(f"ray {ray.__version__}: cannot reach the restored Tuner's RunConfig; "
-                           f"this project needs ray {' or '.join(CHECKED_WITH)}")
-    return config

@@ -11,7 +11,7 @@ from typing import Any
 from ray import tune
 
 from hyperiqa.utils import UserError
-from tuning.engine.launch import max_concurrent, run_config, watch_restored
+from tuning.engine.launch import max_concurrent, refresh_callbacks, run_config
 from tuning.engine.ray_private import restored_tune_config
 from tuning.engine.trainable import run_trial
 from tuning.sweep import trials_report as report
@@ -58,7 +58,7 @@ def restore_tuner(plan: Plan, fn=train_trial) -> tune.Tuner:
     tuner = tune.Tuner.restore(plan.experiment_path, trainable=make_trainable(plan, fn), resume_errored=True)
     config = restored_tune_config(tuner)
     config.scheduler, config.max_concurrent_trials = scheduler, concurrency
-    watch_restored(tuner, plan)
+    refresh_callbacks(tuner, plan)
     return tuner
 
 
