@@ -3,7 +3,7 @@
 On a machine with one H100/H200 (run it as ONE call with a timeout of about 540 s):
 
     python bench/gpu_check.py                  # writes $OUT/gpu_check.json (or ./gpu_check.json; --out FILE)
-    python bench/gpu_check.py --cpu-smoke      # the same checks, tiny, on the CPU (under 2 minutes, 2 cores)
+    python bench/gpu_check.py --cpu-smoke      # the same checks, tiny, on the CPU (about 4 minutes on 2 busy cores)
 
 It needs torch, timm and this repository only (no Ray, no internet: backbones are randomly initialised).
 It generates 300 KonIQ-layout 1024x768 JPEGs, then runs each check in its own process, so that a crash,

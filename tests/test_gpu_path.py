@@ -37,7 +37,7 @@ def test_a_cpu_run_never_touches_cuda_even_where_torch_sees_gpus(tiny_cfg, tmp_p
 
 def test_fused_adam_stays_fused_after_loading_a_foreach_state(tiny_cfg, tmp_path, monkeypatch):
     """A state written by a CPU (foreach) run, resumed where Adam is fused: CPU Adam is fused in torch 2.14."""
-    monkeypatch.setattr(Solver, "_optimizer_kernel", lambda self: {"foreach": True})
+    monkeypatch.setattr(Solver, "_optimizer_kernel", lambda self: {"foreach": True}, raising=False)
     solver = Solver(tiny_cfg(epochs=2), log=quiet)
     solver.save_checkpoint(tmp_path / "ckpt", next(solver.epochs()))
     monkeypatch.setattr(Solver, "_optimizer_kernel", lambda self: {"fused": True})
