@@ -4,6 +4,8 @@ one scoring path for predict/evaluate/cross-dataset, and the fp32 weight generat
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -21,7 +23,8 @@ def test_a_cpu_run_never_touches_cuda_even_where_torch_sees_gpus(tiny_cfg, tmp_p
 
     Training steps are outside the mock: torch 2.14's Adam.step itself asks the current CUDA stream
     whether it is capturing a graph whenever torch.cuda.is_available() (optimizer.py,
-    _accelerator_graph_capture_health_check), which only hiding the GPUs from the process avoids."""
+    _accelerator_graph_capture_health_check), which only hiding the GPUs from the process avoids: the
+    next test, and test_local_runs for the process runner's CPU slots."""
     solver = Solver(tiny_cfg(epochs=2), log=quiet)
     metrics = next(solver.epochs())
     called = []
@@ -33,6 +36,19 @@ def test_a_cpu_run_never_touches_cuda_even_where_torch_sees_gpus(tiny_cfg, tmp_p
     resumed.load_checkpoint(tmp_path / "ckpt")
     assert called == []
     assert not torch.cuda.is_initialized()
+
+
+def test_a_trial_ray_gave_no_gpu_sees_none(monkeypatch):
+    """Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone in a 0-GPU worker; Adam.step would then initialise CUDA."""
+    from tuning.engine import trainable
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setattr(trainable.ray, "get_gpu_ids", lambda: [1])
+    trainable.hide_gpus_from_cpu_trial()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"  # a GPU trial keeps what Ray gave it
+    monkeypatch.setattr(trainable.ray, "get_gpu_ids", lambda: [])
+    trainable.hide_gpus_from_cpu_trial()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
 
 
 def test_fused_adam_stays_fused_after_loading_a_foreach_state(tiny_cfg, tmp_path, monkeypatch):

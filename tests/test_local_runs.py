@@ -103,4 +103,5 @@ def test_slots_pin_gpus_and_share_them(tmp_path, tiny_cfg, monkeypatch):
     assert local_runs.slots(cpu, cpus=5) == [None, None]
     env = local_runs.child_env({"num_threads": 2}, "5")
     assert (env["CUDA_VISIBLE_DEVICES"], env["OMP_NUM_THREADS"]) == ("5", "2")
+    assert local_runs.child_env({}, None)["CUDA_VISIBLE_DEVICES"] == ""  # a CPU run cannot initialise CUDA
     assert env["PYTHONPATH"].split(":")[0] == str(local_runs.ROOT)  # the children run this checkout's code

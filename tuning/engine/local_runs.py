@@ -126,8 +126,8 @@ def child_env(config: dict, device: str | None) -> dict:
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     threads = str(max(1, int(config.get("num_threads") or 1)))
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    if device is not None:
-        env["CUDA_VISIBLE_DEVICES"] = device
+    # A CPU slot sees no GPU: torch's Adam.step initialises CUDA wherever one is visible.
+    env["CUDA_VISIBLE_DEVICES"] = "" if device is None else device
     return env
 
 

@@ -9,6 +9,7 @@ trial's configuration: the trial adds nothing to the training, it only reports a
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import tempfile
 from collections.abc import Callable
@@ -37,8 +38,17 @@ def fixed_trial(config: dict[str, Any], *, runs: dict[str, dict], metric: str) -
     run_trial(lambda: TrainConfig.from_dict(runs[run_id], source=f"run {run_id}"), f"run {run_id}", metric)
 
 
+def hide_gpus_from_cpu_trial() -> None:
+    """A trial Ray gave no GPU sees none: Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone in 0-GPU workers, and
+    torch's Adam.step initialises CUDA whenever a GPU is visible (hundreds of MB of context on a GPU that
+    another trial trains on). Set before anything in this process touches CUDA."""
+    if not ray.get_gpu_ids():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 def run_trial(make_config: Callable[[], TrainConfig], what: str, metric: str) -> None:
     """Build the configuration, resume from Ray's checkpoint if any, run and report the epochs."""
+    hide_gpus_from_cpu_trial()
     from hyperiqa.solver import Solver  # heavy (torch, timm): imported in the worker only
     from hyperiqa.text import epoch_line
 
