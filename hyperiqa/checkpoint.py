@@ -36,21 +36,24 @@ ORIGINAL_SUFFIXES = (".pkl", ".pth", ".pt")
 
 
 # --- RNG state as tensors and plain Python (weights_only-safe) -------------------------------------
-def rng_state() -> dict:
+# The CUDA generators only when the run computes on CUDA: torch.cuda.get_rng_state_all() initialises
+# CUDA (a context of several hundred MB on every visible GPU), and a CPU trial on a GPU host, whose
+# GPUs Ray 2.60 no longer hides, must not pay for it or hold GPU memory that others use.
+def rng_state(*, cuda: bool) -> dict:
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"python": random.getstate(),
             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "cuda": torch.cuda.get_rng_state_all() if cuda else []}
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, *, cuda: bool) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, g = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, g))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+    if cuda and state["cuda"] and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 

@@ -115,7 +115,7 @@ class TrainConfig:
     # --- runtime ----------------------------------------------------------------------------
     seed: int = _f(0, min=0)
     device: str = _f("auto", doc="auto, cpu, cuda or cuda:N")
-    amp: bool = _f(True, doc="bf16 autocast on CUDA (always fp32 on CPU)")
+    amp: bool = _f(True, doc="bf16 autocast on GPUs of compute capability >= 8.0; fp32 on older GPUs and the CPU")
     channels_last: bool = _f(True, doc="channels_last memory format on CUDA")
     compile: bool = _f(False, doc="torch.compile the model")
     gpu_memory_fraction: float | None = _f(None, min=0.0, min_exclusive=True, max=1.0,

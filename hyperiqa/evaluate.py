@@ -6,12 +6,15 @@ Without --dataset: the dataset and split recorded beside the weights (config.yam
 resize rule (the target dataset's default rule if the checkpoint has none). Prints image-level srcc,
 plcc, plcc_logistic (PLCC after the 4-parameter logistic mapping), krcc and rmse; rmse is left out
 when the target's labels are on another scale than the checkpoint's training labels. With --json the
-last line of stdout is one JSON object (undefined metrics are null).
+last line of stdout is one JSON object (undefined metrics are null). --predictions FILE.csv writes
+each image's score beside its label.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 
 from hyperiqa.config import parse_assignments
@@ -19,7 +22,7 @@ from hyperiqa.data.datasets import DATASETS, DatasetError, parse_options
 from hyperiqa.evaluation import score_checkpoint
 from hyperiqa.inference import EVAL_SPLITS
 from hyperiqa.text import fmt
-from hyperiqa.utils import UserError, run_cli
+from hyperiqa.utils import UserError, atomic_write_text, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto); the device the "
                    "checkpoint was trained on does not matter")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--predictions", metavar="CSV", help="also write each image's score: CSV path,prediction,label")
     return p
 
 
@@ -61,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         flags = f"--dataset {args.dataset}" + (f" --data-root {args.data_root}" if args.data_root else "")
         raise UserError(f"{flags}: {exc}") from None
     result = scores.metrics()
+    if args.predictions:
+        write_predictions(args.predictions, scores)
     for note in scores.notes:
         print(note)
     if args.json:
@@ -70,6 +76,17 @@ def main(argv: list[str] | None = None) -> int:
                            if k in result)
         print(f"{result['dataset']} {result['split']} ({result['n_images']} images): {values}")
     return 0
+
+
+def write_predictions(path, scores) -> None:
+    """CSV path,prediction,label: one row per scored image, in scoring order (the model's scale, higher
+    is better; labels as the dataset's reader gives them for training)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "prediction", "label"])
+    writer.writerows((p, repr(float(v)), repr(float(y))) for p, v, y in zip(scores.paths, scores.predictions,
+                                                                          scores.labels))
+    atomic_write_text(path, text.getvalue())
 
 
 if __name__ == "__main__":

@@ -114,12 +114,9 @@ def resize_rule(preprocess: dict | None, target) -> tuple[int | None, tuple[int,
 
 def _other_dataset(folder: Path, model, cfg: TrainConfig, dataset: str, data_root: str | None, options: dict,
                    overrides: dict, log) -> Scores:
-    import torch
-
     from hyperiqa.data import DecodedCache, EvalCrops
     from hyperiqa.data.datasets import load_dataset
-    from hyperiqa.inference import predict_images
-    from hyperiqa.runtime import apply_runtime, resolve_device
+    from hyperiqa.inference import Scoring
 
     cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides}, source="--set")
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
@@ -135,16 +132,13 @@ def _other_dataset(folder: Path, model, cfg: TrainConfig, dataset: str, data_roo
     cache = DecodedCache.build_or_open(spec.paths, cache_dir=cache_dir / "decoded", short_side=short_side,
                                        resize_to=tuple(resize_to) if resize_to else None,
                                        min_size=cfg.patch_size, workers=cfg.cache_workers, log=log)
-    device = resolve_device(cfg.device)
-    apply_runtime(device, num_threads=cfg.num_threads, gpu_memory_fraction=cfg.gpu_memory_fraction)
-    channels_last = device.type == "cuda" and cfg.channels_last
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    scoring = Scoring.load(model, device=cfg.device, amp=cfg.amp, channels_last=cfg.channels_last,
+                           num_threads=cfg.num_threads, gpu_memory_fraction=cfg.gpu_memory_fraction)
     crops = EvalCrops(cache, np.arange(len(spec.records)), patch_size=cfg.patch_size,
                       crops_per_image=cfg.test_patches, batch_size=cfg.eval_batch_size, seed=cfg.seed,
-                      device=device, mean=model.input_mean, std=model.input_std, channels_last=channels_last)
-    pred = predict_images(model, crops, device=device, amp=cfg.amp)
+                      device=scoring.device, mean=model.input_mean, std=model.input_std,
+                      channels_last=scoring.channels_last)
+    pred = scoring.images(crops)
     label_range = pre.get("label_range")
     same_scale = label_range is not None and tuple(float(v) for v in label_range) == spec.raw_range
     if label_range is None:

@@ -1,7 +1,9 @@
 """Score images: python -m hyperiqa.predict --checkpoint PATH IMAGE_OR_FOLDER... [--crops N] [--out CSV].
 
 Each image gets N fixed crops (seeded by --seed, the same for an image whatever else is scored) of the
-model's patch size; the crop scores are averaged. Output: CSV `path,score` (higher is better) on stdout
+model's patch size; the crop scores are averaged. The model runs as in evaluation (hyperiqa.inference.Scoring:
+the checkpoint's amp and channels_last, bf16 autocast on GPUs that compute it natively), so predict and
+evaluate give an image the same score from the same crops. Output: CSV `path,score` (higher is better) on stdout
 or in --out. Files that are not readable images are named on stderr and skipped; the exit code is then 1.
 """
 
@@ -17,8 +19,8 @@ import numpy as np
 from PIL import Image
 
 from hyperiqa import checkpoint as ckpt
-from hyperiqa.inference import crops, load_image, score
-from hyperiqa.runtime import resolve_device
+from hyperiqa.config import TrainConfig
+from hyperiqa.inference import Scoring, crops, load_image
 from hyperiqa.utils import UserError, atomic_write_text, run_cli
 
 ORIGINAL_PATCH = 224  # the original HyperIQA's input size
@@ -60,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.crops < 1 or args.batch_size < 1:
         raise UserError("--crops and --batch-size must be >= 1")
     files = expand_inputs(args.inputs)
-    device = resolve_device(args.device)
     model, cfg = ckpt.load_model(args.checkpoint)
-    model.to(device)
+    # An original-format checkpoint has no config: TrainConfig's defaults (amp, channels_last) apply.
+    scoring = Scoring.load(model, device=args.device, amp=cfg.amp if cfg else TrainConfig.amp,
+                           channels_last=cfg.channels_last if cfg else TrainConfig.channels_last)
     pre = ckpt.read_preprocess(args.checkpoint) or {}
     patch = pre.get("patch_size") or (cfg.patch_size if cfg else ORIGINAL_PATCH)
     short_side, resize_to = pre.get("short_side"), pre.get("resize_to")
@@ -73,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def flush():
         if chunk:
-            values = score(model, [c for _, c in chunk], mean=model.input_mean, std=model.input_std,
-                           device=device, batch_size=args.batch_size)
+            values = scoring.arrays([c for _, c in chunk], mean=model.input_mean, std=model.input_std,
+                                    batch_size=args.batch_size)
             scored.extend((str(p), float(v)) for (p, _), v in zip(chunk, values))
             chunk.clear()
 

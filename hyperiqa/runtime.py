@@ -14,6 +14,13 @@ from hyperiqa.utils import UserError
 # rest is for the model, its activations at batch 96 and the allocator's slack.
 CACHE_SHARE_OF_CAP = 0.25
 
+# GPU memory a CUDA process uses outside torch's caching allocator, and so outside the cap that
+# set_per_process_memory_fraction puts on that allocator: the CUDA context, the cuBLAS/cuDNN kernels it
+# loads and their handles (0.3-0.6 GiB on recent cards and CUDA 12/13, the high end with cuDNN's
+# convolution kernels loaded). A trial at gpu_memory_fraction f is capped at f x the card minus this,
+# so that N trials at 1/N fit on one card together, contexts included. bench/gpu_check.py measures it.
+CUDA_CONTEXT_ALLOWANCE_GIB = 0.6
+
 
 def resolve_device(name: str = "auto", *, cuda_available: bool | None = None,
                    current_index: int | None = None) -> torch.device:
@@ -54,18 +61,33 @@ def apply_runtime(device: torch.device, *, num_threads: int, gpu_memory_fraction
     torch.cuda.set_device(device)
     torch.backends.cudnn.benchmark = True  # fixed patch size: the autotuned kernels are reused
     if gpu_memory_fraction:
-        torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction, device)
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(allocator_fraction(gpu_memory_fraction, total), device)
+
+
+def allocator_fraction(gpu_memory_fraction: float, total_memory: int) -> float:
+    """The share of the card torch's allocator may use: gpu_memory_fraction less CUDA_CONTEXT_ALLOWANCE_GIB.
+
+    A process whose share leaves no room beyond the allowance is a configuration mistake (UserError).
+    """
+    allowance = CUDA_CONTEXT_ALLOWANCE_GIB * 2**30
+    share = gpu_memory_fraction * total_memory
+    if share <= 2 * allowance:
+        raise UserError(f"gpu_memory_fraction = {gpu_memory_fraction:g}: {share / 2**30:.1f} GiB of this "
+                        f"{total_memory / 2**30:.0f} GiB GPU, too little beside the {CUDA_CONTEXT_ALLOWANCE_GIB} "
+                        f"GiB its CUDA context takes; give each trial a larger share (fewer trials per GPU)")
+    return (share - allowance) / total_memory
 
 
 def device_cache_budget(device_cache_gb: float, gpu_memory_fraction: float | None, total_memory: int) -> int:
     """Bytes of decoded images this process may hold on its GPU.
 
     device_cache_gb, but never more than CACHE_SHARE_OF_CAP of the process's memory cap: the cap is
-    gpu_memory_fraction x the card's memory when the GPU is shared, the whole card otherwise. Two
-    trials at 0.5 of a 40 GB card may each keep 5 GB of images, not the default 8.
+    allocator_fraction x the card's memory when the GPU is shared, the whole card otherwise. Two
+    trials at 0.5 of a 40 GB card may each keep 4.85 GB of images, not the default 8.
     """
-    cap = total_memory * (gpu_memory_fraction or 1.0)
-    return int(min(device_cache_gb * 2**30, CACHE_SHARE_OF_CAP * cap))
+    fraction = allocator_fraction(gpu_memory_fraction, total_memory) if gpu_memory_fraction else 1.0
+    return int(min(device_cache_gb * 2**30, CACHE_SHARE_OF_CAP * total_memory * fraction))
 
 
 def device_cache_bytes(device: torch.device, device_cache_gb: float, gpu_memory_fraction: float | None) -> int:

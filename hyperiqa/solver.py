@@ -26,7 +26,7 @@ import torch
 from hyperiqa import checkpoint as ckpt
 from hyperiqa import metrics as M
 from hyperiqa.config import ConfigError, TrainConfig
-from hyperiqa.inference import EVAL_SPLITS, autocast, predict_images
+from hyperiqa.inference import EVAL_SPLITS, Scoring
 from hyperiqa.losses import loss_function
 from hyperiqa.runtime import apply_runtime, resolve_device
 from hyperiqa.schedules import build_scheduler, epoch_start
@@ -52,8 +52,14 @@ class Solver:
         if source:  # where the backbone weights came from, in the run log and each trial's train.log
             log(f"backbone {cfg.backbone}: {source}")
         self.model = model.to(self.device)
-        if self.cuda and cfg.channels_last:
+        # How this run computes (autocast dtype by the GPU's capability, memory format): training steps,
+        # evaluation, hyperiqa.evaluate and hyperiqa.predict all go through this one object's rules.
+        self.scoring = Scoring(self.model, self.device, amp=cfg.amp, channels_last=cfg.channels_last)
+        if self.scoring.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if self.cuda and cfg.amp and self.scoring.dtype is None:
+            log(f"amp: fp32 on {torch.cuda.get_device_name(self.device)}: compute capability "
+                f"{'.'.join(map(str, torch.cuda.get_device_capability(self.device)))} has no native bf16")
         if data is None:
             from hyperiqa.data import prepare_data
 
@@ -64,6 +70,7 @@ class Solver:
             self._standardize_output()
         # torch.compile wraps the module; self.model stays the plain one so state_dict keys never change.
         self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.scoring.forward = self.forward
         self.loss_fn = loss_function(cfg.loss)
         self.train_eval = self._crops(self._train_eval_indices()) if cfg.train_eval_images else None
         self.optimizer = self._build_optimizer()
@@ -95,8 +102,11 @@ class Solver:
                   {"params": list(self.model.head_parameters()), "lr": cfg.backbone_lr * cfg.lr_ratio,
                    "name": "head"}]
         cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        extra = {"fused": True} if self.cuda else {}
-        return cls(groups, lr=cfg.backbone_lr, weight_decay=cfg.weight_decay, **extra)
+        return cls(groups, lr=cfg.backbone_lr, weight_decay=cfg.weight_decay, **self._optimizer_kernel())
+
+    def _optimizer_kernel(self) -> dict:
+        """Adam's implementation on this device: one fused kernel per step on CUDA, torch's default elsewhere."""
+        return {"fused": True} if self.cuda else {}
 
     def _prepare_optimizer(self, epoch: int) -> None:
         """Put the optimizer in the state schedules.epoch_start gives for 0-based `epoch` (a no-op by default)."""
@@ -110,7 +120,7 @@ class Solver:
             self.optimizer.state.clear()
 
     def _autocast(self):
-        return autocast(self.device, self.cfg.amp)
+        return self.scoring.autocast()
 
     # --- training ---------------------------------------------------------------------------
     def train_epoch(self) -> dict:
@@ -186,7 +196,7 @@ class Solver:
         return EvalCrops(self.data.cache, indices, patch_size=cfg.patch_size, crops_per_image=cfg.test_patches,
                          batch_size=cfg.eval_batch_size, seed=cfg.seed, device=self.device,
                          mean=self.model.input_mean, std=self.model.input_std,
-                         channels_last=self.cuda and cfg.channels_last)
+                         channels_last=self.scoring.channels_last)
 
     def _train_eval_indices(self) -> np.ndarray:
         """min(cfg.train_eval_images, #train) training records, in split order: a pure function of the seed
@@ -209,7 +219,7 @@ class Solver:
         if "random_eval_crops" in self.cfg.legacy_defects:
             crops.draw(epoch=self.epoch)
         self.model.eval()
-        return crops.indices, predict_images(self.forward, crops, device=self.device, amp=self.cfg.amp)
+        return crops.indices, self.scoring.images(crops)
 
     def evaluate(self, split: str) -> dict:
         """metrics.correlations (srcc, plcc, plcc_logistic, krcc, rmse) of `split`, image level."""
@@ -281,13 +291,15 @@ class Solver:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best": self.best,
                 "best_epoch": self.best_epoch, "history": self.history,
-                "diverged_at": self.diverged_at, "rng": ckpt.rng_state(), "config": self.cfg.portable().to_dict()}
+                "diverged_at": self.diverged_at, "rng": ckpt.rng_state(cuda=self.cuda), "config": self.cfg.portable().to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         if state["epoch"] > 0:  # the saved optimizer has the groups of the last epoch trained
             self._prepare_optimizer(state["epoch"] - 1)
+        live = [{k: g[k] for k in KERNEL_SETTINGS if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        _keep_kernel_settings(self.optimizer, live)
         _match_parameter_layout(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
@@ -296,7 +308,7 @@ class Solver:
         # A finished run stays finished, except that a larger cfg.epochs extends a completed one.
         last = self.history[-1].get(M.STATUS) if self.history else None
         self.done = self.diverged_at is not None or last == "early_stopped"
-        ckpt.set_rng_state(state["rng"])
+        ckpt.set_rng_state(state["rng"], cuda=self.cuda)
 
     def save_checkpoint(self, directory, metrics: dict) -> None:
         """model.safetensors, trainer_state.pt, config.yaml, metrics.json, split.csv, preprocess.json."""
@@ -308,6 +320,29 @@ class Solver:
     def load_checkpoint(self, directory) -> None:
         """Restore a folder written by save_checkpoint (weights, optimizer, schedule, RNG, history)."""
         self.load_state_dict(ckpt.load_resume_state(Path(directory)))
+
+
+# Param-group settings that say how Adam computes on this machine, not what it has learned.
+KERNEL_SETTINGS = ("fused", "foreach", "capturable")
+
+
+def _keep_kernel_settings(optimizer: torch.optim.Optimizer, live: list[dict]) -> None:
+    """Give the groups back this machine's KERNEL_SETTINGS after Optimizer.load_state_dict.
+
+    load_state_dict copies every saved group setting over the live one: a state written by a CPU run
+    (fused None, foreach True) turned a CUDA run's fused Adam into the slower foreach path for the rest
+    of the run, silently. Adam keeps `step` on the parameter's device (float32) when fused or
+    capturable and on the CPU otherwise, and load_state_dict placed it by the saved settings: place it
+    by the live ones.
+    """
+    for group, settings in zip(optimizer.param_groups, live):
+        group.update(settings)
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for param in group["params"]:
+            step = optimizer.state.get(param, {}).get("step")
+            if torch.is_tensor(step):
+                where = {"device": param.device, "dtype": torch.float32} if on_device else {"device": "cpu"}
+                optimizer.state[param]["step"] = step.to(**where)
 
 
 def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:

@@ -12,10 +12,11 @@ THREADS = int(os.environ.get("HYPERIQA_TEST_THREADS", "1"))
 # No test downloads: a backbone that tried to reach the Hugging Face hub fails at once instead of waiting.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["OMP_NUM_THREADS"] = str(THREADS)
-# A Ray of its own in every test that starts one: without an address, ray.init() joins the cluster that
-# /tmp/ray/ray_current_cluster names, which may be a test's Cluster in the other xdist worker (or another
-# run on this machine). Tests of --address pass theirs explicitly.
-os.environ["RAY_ADDRESS"] = "local"
+# The suite runs as users do: without --address, launch.start_ray starts a Ray of the run's own, whatever
+# /tmp/ray/ray_current_cluster names (a test's Cluster in the other xdist worker, another run on this
+# machine); a RAY_ADDRESS of the shell (or of a Ray Job running the suite) would make every search join it.
+# Tests that call ray.init() themselves pass address="local"; tests of --address pass theirs.
+os.environ.pop("RAY_ADDRESS", None)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

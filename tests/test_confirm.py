@@ -22,9 +22,7 @@ from tuning.engine.runner import RunOptions, RunSet
 
 pytestmark = pytest.mark.timeout(400)
 
-# A Ray of its own: without an address, ray.init() joins the cluster that /tmp/ray/ray_current_cluster
-# names, e.g. another test run's on this machine, and dies with it.
-ENV = {**os.environ, "RAY_ADDRESS": "local"}
+ENV = dict(os.environ)  # no RAY_ADDRESS (conftest): confirm.py starts a Ray of its own, as for users
 TINY = ["backbone=test_resnet", "pretrained=false", "patch_size=32", "train_patches=2", "test_patches=2",
         "batch_size=8", "eval_batch_size=16", "cache_workers=1", "epochs=2"]
 

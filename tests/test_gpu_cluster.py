@@ -64,7 +64,8 @@ def overlapping_pairs(results: list[dict]) -> list[tuple[dict, dict]]:
 
 
 def test_four_gpus_run_four_trials_at_once_each_on_its_own_gpu(gpu_cluster, tiny_dataset, tiny_cache_dir, tmp_path):
-    results = probe_search(gpu_cluster, tiny_dataset, tiny_cache_dir, tmp_path, "whole", 4, "--gpus", "4")
+    # No --gpus: auto, on a joined cluster the cluster's four (tuning/engine/launch.settle_gpus).
+    results = probe_search(gpu_cluster, tiny_dataset, tiny_cache_dir, tmp_path, "whole", 4)
     assert most_at_once(results) == 4
     pairs = overlapping_pairs(results)
     assert len(pairs) >= 6 and all(a["gpu_ids"] != b["gpu_ids"] for a, b in pairs)  # never two on one GPU

@@ -32,6 +32,13 @@ class _AuthModeHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.fixture(autouse=True)
+def _no_token_check(monkeypatch):
+    """These tests read start_ray's dashboard lines: a token file of this machine's others can read
+    would add its warning (tests/test_ray_start.py tests that line)."""
+    monkeypatch.setattr(launch.ray_token, "prepare", lambda **kwargs: None)
+
+
 @pytest.fixture
 def dashboard():
     """A stand-in dashboard answering /api/authentication_mode (public in Ray 2.60, no token needed)."""

@@ -109,9 +109,7 @@ def test_only_a_ray_started_here_is_told_it_is_single_node(monkeypatch, address,
 
 
 @pytest.fixture
-def local_ray(monkeypatch):
-    # A Ray of its own: without RAY_ADDRESS=local, ray.init() would join a cluster another run started here.
-    monkeypatch.setenv("RAY_ADDRESS", "local")
+def local_ray():
     launch.start_ray(None, None, None, log=lambda *_: None)
     try:
         yield

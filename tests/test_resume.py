@@ -102,7 +102,7 @@ def test_a_resumed_trial_below_a_restored_rung_is_stopped_there(resumed):
 def test_a_resumed_search_recomputes_its_concurrency_for_the_cluster_it_resumes_on(resumed):
     ids = resumed["ids"]
     plan = dataclasses.replace(load_plan(str(resumed["experiment"])), max_concurrent=None)
-    ray.init(num_cpus=3, include_dashboard=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False)  # not a Ray another run left here
     try:
         tuner = tuner_module.restore_tuner(plan, fn=functools.partial(scripted, curves=CURVES))
         config = ray_private.restored_tune_config(tuner)

@@ -26,7 +26,7 @@ def test_runs_report_every_epoch_and_match_training_without_ray(tiny_cfg, tmp_pa
     configs = {"lr-high": tiny_cfg(epochs=2, backbone_lr=2e-3), "lr-low": tiny_cfg(epochs=2, backbone_lr=1e-5)}
     runs = [(run_id, {"variant": run_id}, cfg) for run_id, cfg in configs.items()]
     runset = runner.make_runset("ablate", runs, args_for(tmp_path), metric="val_srcc", default_name="x")
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # not a Ray another run left here
     try:
         curves, interrupted = runner.execute(runset)
     finally:

@@ -4,6 +4,7 @@ checkpoints that load on any machine, optimizer state layout after a resume, fp3
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -53,17 +54,18 @@ def test_memory_cap_gets_the_indexed_device(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=80 * GiB))
     device = runtime.resolve_device("cuda", cuda_available=True, current_index=0)
     runtime.apply_runtime(device, num_threads=0, gpu_memory_fraction=0.5)
-    assert calls == [(0.5, 0)]
+    assert calls == [((40 - runtime.CUDA_CONTEXT_ALLOWANCE_GIB) / 80, 0)]  # the share less the context
     assert torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False
 
 
 @pytest.mark.parametrize("gb, fraction, total_gib, expected_gib", [
     (8.0, None, 80, 8.0),     # a whole H100: the configured 8 GB
-    (8.0, 0.5, 40, 5.0),      # two trials on a 40 GB card: a quarter of each one's 20 GB
-    (8.0, 0.25, 80, 5.0),     # four trials on an 80 GB card
+    (8.0, 0.5, 40, 4.85),     # two trials on a 40 GB card: a quarter of each one's 20 GB less 0.6 (context)
+    (8.0, 0.25, 80, 4.85),    # four trials on an 80 GB card
     (8.0, None, 16, 4.0),     # a small card on its own
     (0.0, 0.5, 80, 0.0),      # off by configuration
 ])

@@ -125,8 +125,13 @@ class HyperIQA(BackboneModel):
         if last.shape[-2:] != (HYPER_GRID, HYPER_GRID):  # e.g. 64-pixel patches: the generators need 7x7
             last = F.adaptive_avg_pool2d(last, HYPER_GRID)
         h = self.hyper(last)
-        # The generated weights and the target net run in fp32 even under bf16 autocast: a bf16 score
-        # of 64-100 (MOS) moves in steps of 0.5, coarser than the differences the metrics rank.
+        # Outside bf16 autocast: a bf16 score of 64-100 (MOS) moves in steps of 0.5, coarser than the
+        # differences the metrics rank. Every tensor here is fp32. The target net's batched products are
+        # true fp32 (torch leaves cuBLAS TF32 off); the generator's 3x3 convolutions run in TF32 on Ampere
+        # and later GPUs (cuDNN's TF32 is on by default): their inputs are rounded to 10 mantissa bits and
+        # summed in fp32, so the generated weights carry TF32 rounding but their outputs, and the scores,
+        # are fp32 numbers, without bf16's steps. Left on: the convolutions are tiny (7x7 maps), and a
+        # cudnn.allow_tf32 switch inside forward() would not survive torch.compile reliably.
         with torch.autocast(device_type=h.device.type, enabled=False):
             weights, biases = self.generator(h.float())
             score = target_net(target_in.float(), weights, biases)

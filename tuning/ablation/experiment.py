@@ -152,7 +152,9 @@ def _run(args, runset, trial_fn) -> int:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     from tuning.engine import launch
 
-    launch.start_ray(args.address, args.dashboard_host, args.dashboard_port, dashboard=args.dashboard)
+    launch.start_ray(args.address, args.dashboard_host, args.dashboard_port, dashboard=args.dashboard,
+                     gpus=runset.gpus)
+    runset = launch.settle_gpus(runset)  # --gpus auto on a joined cluster: its GPUs, known now
     start = time.monotonic()
     curves, interrupted = runner.execute(runset, resume=args.resume, **({"fn": trial_fn} if trial_fn else {}))
     print(f"\nablation {'interrupted' if interrupted else 'finished'} after {(time.monotonic() - start) / 60:.1f} min")
@@ -222,9 +224,10 @@ def new_runset(args):
         raise UserError(f"--storage-path {args.storage_path}: --runner processes writes local folders only")
     names = variant_names(args)
     base = ablation_base(args, names)
+    joined = args.runner == "ray" and options.joins_cluster(args.address)
     where = runner.RunOptions(options.resources(args.gpus, args.gpus_per_trial, args.cpus_per_trial,
-                                                args.max_concurrent, unit="run"), args.storage_path, args.name, args.out,
-                             options.stall_timeout(args.stall_timeout))
+                                                args.max_concurrent, unit="run", joined=joined),
+                              args.storage_path, args.name, args.out, options.stall_timeout(args.stall_timeout))
     runset = runner.make_runset("ablate", variant_runs(base, seeds, names), where, metric=base.selection_metric,
                                 default_name=f"{args.dataset}-ablation",
                                 settings={"seeds": seeds, "variants": names, "regime": args.regime,

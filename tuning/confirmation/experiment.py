@@ -32,6 +32,7 @@ from tuning.engine.options import (
     add_cluster_flags,
     add_resource_flags,
     add_stall_flag,
+    joins_cluster,
     resources,
     resume_command,
     stall_timeout,
@@ -90,14 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.inputs:
             raise UserError("give at least one export folder or config YAML to confirm (or --resume)")
         where = runner.RunOptions(resources(args.gpus, args.gpus_per_trial, args.cpus_per_trial, args.max_concurrent,
-                                            unit="run"), args.storage_path, args.name, args.out,
-                                   stall_timeout(args.stall_timeout))
+                                            unit="run", joined=joins_cluster(args.address)),
+                                  args.storage_path, args.name, args.out, stall_timeout(args.stall_timeout))
         runset = make_confirm_runset([load_input(p) for p in args.inputs], args.splits, args.set, where)
     with experiment_folder.claim(runset.experiment_path, new=not args.resume):
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         from tuning.engine import launch
 
-        launch.start_ray(args.address, args.dashboard_host, args.dashboard_port, dashboard=args.dashboard)
+        launch.start_ray(args.address, args.dashboard_host, args.dashboard_port, dashboard=args.dashboard,
+                         gpus=runset.gpus)
+        runset = launch.settle_gpus(runset)  # --gpus auto on a joined cluster: its GPUs, known now
         return 130 if run_and_report(runset, resume=args.resume) else 0  # Ctrl-C: reported, and still a stop
 
 

@@ -17,31 +17,52 @@ import ray
 from ray import tune
 
 from hyperiqa.utils import UserError
-from tuning.engine import ray_private, retention, stall, tracking
+from tuning.engine import options, ray_private, ray_token, retention, stall, tracking
 from tuning.engine.trainable import FAILED, fixed_trial
 from tuning.engine.watch import StallWatch, replace_in
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEEP_CHECKPOINTS = 2  # per trial, ranked by the metric: the best epoch survives (see trainable.restore)
 DEFAULT_DASHBOARD_HOST = "127.0.0.1"
+_gpus_here: list[str] | None = None  # the GPUs start_ray gave a Ray it started; None: Ray was joined
+
 
 
 def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: int | None, log=print,
-              dashboard: bool = True) -> None:
-    """Start a local Ray (dashboard on loopback unless told otherwise) or join `address`; print the dashboard URL."""
+              dashboard: bool = True, gpus: float | None = None) -> None:
+    """Start a Ray of this run's own (dashboard on loopback unless told otherwise) or join `address`
+    (or RAY_ADDRESS: see options.cluster_to_join); print the dashboard URL.
+    A Ray of its own gets `gpus` (rounded up) of the GPUs this process may use, the first ones (None: Ray counts)."""
     if not dashboard and (dashboard_host is not None or dashboard_port is not None):
         raise UserError("--no-dashboard: --dashboard-host and --dashboard-port set up the dashboard it turns off; "
                         "give one or the other")
+    joining = options.cluster_to_join(address)
+    from_env = joining is not None and not (address and address.strip())
+    address = joining
+    source = "RAY_ADDRESS" if from_env else "--address"
+    if from_env:
+        log(f"Ray: joining the cluster at {address} that RAY_ADDRESS names (as inside a Ray Job); "
+            "unset RAY_ADDRESS for a Ray of this run's own")
     # Local workers inherit this environment: they import hyperiqa/tuning even when the project is not installed.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     # Trials log to their own train.log; Ray's INFO lines (one per checkpoint) would bury the progress table.
-    kwargs: dict = {"logging_level": "WARNING", "logging_config": ray.LoggingConfig(log_level="WARNING")}
+    # "local": a Ray of this run's own, even where a bootstrap file names another cluster (cluster_to_join).
+    kwargs: dict = {"address": address or "local", "logging_level": "WARNING",
+                    "logging_config": ray.LoggingConfig(log_level="WARNING")}
     missing = _dashboard_missing()
+    global _gpus_here
+    _gpus_here = None
+    if gpus is not None and address is None:
+        _gpus_here = _first_gpus(gpus)
+        kwargs["num_gpus"] = len(_gpus_here)
     if address:
-        kwargs["address"] = address
-        if dashboard_host is not None or dashboard_port is not None:
-            log("warning: --dashboard-host/--dashboard-port are ignored with --address: the cluster's dashboard "
-                "was set up by `ray start --head` (give them there)")
+        ignored = [flag for flag, given in (("--dashboard-host", dashboard_host is not None),
+                                            ("--dashboard-port", dashboard_port is not None),
+                                            ("--no-dashboard", not dashboard)) if given]
+        if ignored:
+            where = "inside a Ray Job (RAY_ADDRESS)" if from_env else "with --address"
+            log(f"warning: {'/'.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored {where}: the "
+                "cluster's dashboard was set up by `ray start --head` (give them there)")
     elif missing or not dashboard:
         kwargs["include_dashboard"] = False
     else:
@@ -50,15 +71,16 @@ def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: i
             log(f"warning: the dashboard will listen on {host}: anyone who can reach it and holds the "
                 "token in ~/.ray/auth_token can run code on this machine; keep it on a trusted network")
         kwargs.update(include_dashboard=True, dashboard_host=host, dashboard_port=dashboard_port)
+    ray_token.prepare(create=not address, log=log)  # before Ray would write a token others can read
     try:
         with contextlib.nullcontext() if address else ray_private.single_node_mode():
             context = ray.init(**kwargs)
     except ray.exceptions.AuthenticationError as exc:
-        raise UserError(f"--address {address}: the cluster uses token authentication and refused this "
+        raise UserError(f"{source} {address}: the cluster uses token authentication and refused this "
                         f"machine's token ({str(exc).splitlines()[0]}); copy the head's ~/.ray/auth_token here "
                         "or set RAY_AUTH_TOKEN") from None
     except ConnectionError as exc:
-        raise UserError(f"--address {address}: cannot connect to a Ray cluster there ({exc})") from None
+        raise UserError(f"{source} {address}: cannot connect to a Ray cluster there ({exc})") from None
     except ValueError as exc:  # e.g. an explicit --dashboard-port that is taken
         raise UserError(f"cannot start Ray: {exc}") from None
     url = getattr(context, "dashboard_url", None)
@@ -70,6 +92,30 @@ def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: i
         log(f"Ray dashboard: not started, its packages are missing ({missing}); pip install 'ray[default]'")
     else:
         log("Ray dashboard: not running on this cluster (start the head with `ray start --head --include-dashboard=true`)")
+
+
+def _first_gpus(gpus: float) -> list[str]:
+    """The first ceil(gpus) GPUs this process may use, made the only ones a Ray started now sees: its raylet and
+    trial workers inherit CUDA_VISIBLE_DEVICES, and Ray hands each trial one of them."""
+    ids = options.visible_gpus()
+    wanted = math.ceil(gpus - 1e-9)
+    if wanted > len(ids):  # options.resources checked a new run; a resumed one may be on another machine
+        raise UserError(f"--gpus {gpus:g} (the experiment's): this process may use {len(ids)} GPU(s)"
+                        f"{options.visible_note()}; continue it where it may use {wanted}")
+    if wanted < len(ids):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids[:wanted])
+    return ids[:wanted]
+
+
+def settle_gpus(record):
+    """A sweep Plan or runner.RunSet of --gpus auto on a joined cluster, on the cluster's GPUs (known once
+    connected); any other record as it is."""
+    if record.gpus is not None:
+        return record
+    unit = "run" if hasattr(record, "runs") else "trial"
+    settled = options.settle(None, record.gpus_per_trial, record.cpus_per_trial, record.max_concurrent, unit,
+                             found=ray.cluster_resources().get("GPU", 0.0))
+    return record.with_resources(settled)
 
 
 def dashboard_auth_mode(url: str, timeout: float = 3.0) -> str | None:
@@ -121,7 +167,10 @@ def max_concurrent(plan) -> int:
     limit = math.floor(cpus / plan.cpus_per_trial + 1e-9)
     if plan.gpus_per_trial:
         limit = min(limit, math.floor(plan.gpus / plan.gpus_per_trial + 1e-9))
-    return max(1, min(limit, plan.num_samples, plan.max_concurrent or limit))
+    at_once = max(1, min(limit, plan.num_samples, plan.max_concurrent or limit))
+    used = options.Resources(plan.gpus, plan.gpus_per_trial, plan.cpus_per_trial)
+    print(options.concurrency_line(at_once, used, "run" if hasattr(plan, "runs") else "trial", _gpus_here), flush=True)
+    return at_once
 
 
 def _alive_nodes() -> list[dict]:

@@ -36,8 +36,8 @@ class RunSet:
     kind: str                 # "ablate" or "confirm": which CLI wrote it
     runs: tuple[dict, ...]    # {"id": str, "labels": {...}, "config": TrainConfig.to_dict()}
     metric: str               # the selection metric every run reports (checkpoints are ranked by it)
-    gpus: float
-    gpus_per_trial: float
+    gpus: float | None            # None (with --gpus auto on a joined cluster) until launch.settle_gpus
+    gpus_per_trial: float | None
     cpus_per_trial: float
     storage_path: str
     name: str
@@ -56,6 +56,12 @@ class RunSet:
 
     def configs(self) -> dict[str, dict]:
         return {r["id"]: r["config"] for r in self.runs}
+
+    def with_resources(self, r: Resources) -> RunSet:
+        """The runs on resources settled after connecting (launch.settle_gpus): each run's device and share."""
+        runs = tuple({**run, "config": for_ray(TrainConfig.from_dict(run["config"], source=f"run {run['id']}"),
+                                                r).to_dict()} for run in self.runs)
+        return dataclasses.replace(self, runs=runs, gpus=r.gpus, gpus_per_trial=r.gpus_per_trial)
 
 
 @dataclass(frozen=True)

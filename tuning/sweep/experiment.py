@@ -1,7 +1,7 @@
 """Hyperparameter search for HyperIQA on Ray Tune: ASHA stops trials falling behind, Optuna proposes the next.
 
     python tuning/search.py                 # the demo: generated dataset, CPU, ~8-10 min on 2 cores
-    python tuning/search.py --gpus 4 --dataset koniq10k --data-root /data/koniq10k
+    python tuning/search.py --dataset koniq10k --data-root /data/koniq10k   # on every GPU this process may use
 
 Every trial trains the fixed solver with one sampled configuration and reports image-level
 SRCC/PLCC per epoch; the search ends with an export folder (see tuning/export.py).
@@ -25,6 +25,7 @@ from tuning.engine.options import (
     add_data_flags,
     add_resource_flags,
     add_stall_flag,
+    joins_cluster,
     resources,
     resume_command,
     stall_timeout,
@@ -101,7 +102,8 @@ def _search(args, plan, trial_fn) -> int:
     from tuning.sweep.plan import save_plan
 
     tracking.prepare(plan, resume=args.resume)  # packages and stores checked before Ray starts
-    launch.start_ray(args.address, args.dashboard_host, args.dashboard_port, dashboard=args.dashboard)
+    launch.start_ray(args.address, args.dashboard_host, args.dashboard_port, dashboard=args.dashboard, gpus=plan.gpus)
+    plan = launch.settle_gpus(plan)  # --gpus auto on a joined cluster: its GPUs, known now
     fn = {"fn": trial_fn} if trial_fn else {}
     if args.resume:
         tuner = tuner_module.restore_tuner(plan, **fn)
@@ -137,7 +139,8 @@ def search_flags(args: argparse.Namespace) -> SearchFlags:
         dataset=args.dataset, data_root=args.data_root, sets=tuple(args.set), space=args.space, metric=args.metric,
         searcher=args.searcher, seed=args.seed, num_samples=args.num_samples, max_epochs=args.max_epochs,
         grace_period=args.grace_period, reduction_factor=args.reduction_factor, patience=args.patience,
-        resources=resources(args.gpus, args.gpus_per_trial, args.cpus_per_trial, args.max_concurrent),
+        resources=resources(args.gpus, args.gpus_per_trial, args.cpus_per_trial, args.max_concurrent,
+                            joined=joins_cluster(args.address)),
         storage_path=args.storage_path, name=args.name, export_dir=args.export_dir,
         keep_checkpoints=args.keep_checkpoints, cross=tuple(args.cross), stall_timeout=args.stall_timeout,
         tracking=tracking.plan_fields(args.log_to, args.mlflow_uri, args.wandb_project, args.optuna_storage))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hyperiqa.config import parse_assignments
+from hyperiqa.config import TrainConfig, parse_assignments
 from hyperiqa.utils import UserError, read_text
 from tuning.engine import experiment_folder
 from tuning.engine.experiment_folder import SEARCH
@@ -80,8 +80,8 @@ class Plan:
     max_epochs: int
     grace_period: int
     reduction_factor: float
-    gpus: float
-    gpus_per_trial: float
+    gpus: float | None            # None (with --gpus auto on a joined cluster) until launch.settle_gpus
+    gpus_per_trial: float | None
     cpus_per_trial: float
     storage_path: str     # absolute local folder or a URI (s3://, gs://, ...)
     name: str
@@ -95,6 +95,11 @@ class Plan:
     cross: list = field(default_factory=list)    # [[dataset name, absolute root], ...]
     keep_checkpoints: str = "all"  # tuning/engine/retention.py; plans saved before it kept everything, and still do
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # tuning/engine/stall.py; plans saved before it get the default
+
+    def with_resources(self, r: Resources) -> Plan:
+        """The plan on resources settled after connecting (launch.settle_gpus): every trial's device and share."""
+        base = for_ray(TrainConfig.from_dict(self.base, source="the plan's base"), r).to_dict()
+        return dataclasses.replace(self, base=base, gpus=r.gpus, gpus_per_trial=r.gpus_per_trial)
 
     @property
     def search_space(self) -> SearchSpace:
