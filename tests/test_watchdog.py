@@ -57,15 +57,26 @@ def test_a_hung_trial_is_killed_retried_and_ends_stalled_while_the_search_export
     import ray
 
     from tests.test_search_scripted import argv_for
+    from tuning.engine import ray_private
+    from tuning.engine.watch import StallWatch
     from tuning.sweep import experiment as search
+    from tuning.sweep import tuner as tuner_module
 
     lrs = {"0.001": None, "0.002": None}  # one trial each; 0.002 hangs after the first epoch of each attempt
     argv = argv_for(tmp_path, tiny_dataset, tiny_cache_dir, lrs, "hang", "--max-epochs", "4", "--grace-period",
-                    "4", "--max-concurrent", "2", "--stall-timeout", "6")
+                    "4", "--max-concurrent", "2", "--stall-timeout", "8")
     pids = tmp_path / "pids"
     pids.mkdir()
     try:
-        code = search.main(argv, trial_fn=functools.partial(stalling, epochs=4, stall_lr=0.002, pid_dir=str(pids)))
+        fn = functools.partial(stalling, epochs=4, stall_lr=0.002, pid_dir=str(pids))
+        code = search.main(argv, trial_fn=fn)
+        # --resume keeps the saved setting unless given again, and the restored Tuner (whose callbacks Ray
+        # unpickles from the experiment) runs the watchdog with it
+        resume = [*argv, "--resume"]
+        assert search.resume_plan(search.build_parser().parse_args(resume)).stall_timeout == 8.0
+        plan = search.resume_plan(search.build_parser().parse_args([*resume, "--stall-timeout", "7"]))
+        callbacks = ray_private.restored_run_config(tuner_module.restore_tuner(plan, fn)).callbacks
+        assert [c.stall_timeout for c in callbacks if isinstance(c, StallWatch)] == [7.0]
     finally:
         ray.shutdown()
     assert code == 0
@@ -80,7 +91,7 @@ def test_a_hung_trial_is_killed_retried_and_ends_stalled_while_the_search_export
     assert stopped and not any(_running(int(marker.name), marker.read_text()) for marker in stopped)
     with open(tmp_path / "export" / "trials.csv") as fh:
         ended = {r["trial"]: (r["ended"], int(r["epochs_run"])) for r in csv.DictReader(fh)}
-    # 3 epochs, one per attempt (fewer only if a loaded machine made an attempt's warm-up exceed 6 s)
+    # 3 epochs, one per attempt (fewer only if a loaded machine made an attempt's warm-up exceed 8 s)
     assert ended.pop(stalled) == ("stalled", len(stopped)) and list(ended.values()) == [("completed", 4)]
     assert [s["trial"] for s in record["stalls"]].count(stalled) == 3
     assert (tmp_path / "export" / "checkpoint").is_dir()
