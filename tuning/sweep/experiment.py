@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
     """The CLI; `trial_fn` replaces the training function of every trial (tests only)."""
     args = build_parser().parse_args(argv)
     confirm.check_search_flags(args)
-    plan = resume_plan(args) if args.resume else new_plan(search_flags(args))
+    plan = resume_plan(args, argv) if args.resume else new_plan(search_flags(args))
+    if plan is None:
+        return 0  # --resume --num-samples N: nothing to add (said)
     from tuning.engine.result_folder import check_export_dir
 
     check_export_dir(plan.export_dir, plan.experiment_path)  # refused now, not after the search has run
@@ -95,6 +97,7 @@ def _search(args, plan, trial_fn) -> int:
     from tuning.engine import launch
     from tuning.sweep import tuner as tuner_module
     from tuning.sweep.export_folder import export_experiment
+    from tuning.sweep.grow import save_if_grown
     from tuning.sweep.plan import save_plan
 
     tracking.prepare(plan, resume=args.resume)  # packages and stores checked before Ray starts
@@ -102,6 +105,7 @@ def _search(args, plan, trial_fn) -> int:
     fn = {"fn": trial_fn} if trial_fn else {}
     if args.resume:
         tuner = tuner_module.restore_tuner(plan, **fn)
+        save_if_grown(plan)  # the grown budget, once Ray has accepted the experiment
     else:
         tuner = tuner_module.build_tuner(plan, **fn)
         save_plan(plan)
@@ -148,9 +152,16 @@ def new_plan(flags: SearchFlags) -> Plan:
     return plan
 
 
-def resume_plan(args: argparse.Namespace) -> Plan:
+def resume_plan(args: argparse.Namespace, argv: list[str] | None = None) -> Plan | None:
+    """The saved plan, grown by a larger --num-samples (tuning/sweep/grow.py); None: nothing to add."""
+    from tuning.sweep import grow
+
     plan = experiment_folder.resume(args.storage_path, args.name, experiment_folder.SEARCH, Plan,
                                     instead="`python tuning/export.py {experiment}` exports what its trials saved")
+    grow.check_unchanged(plan, grow.given_flags(build_parser(), argv))
+    plan = grow.resumed_plan(plan, args.num_samples)
+    if plan is None:
+        return None
     if args.export_dir:
         import dataclasses
 

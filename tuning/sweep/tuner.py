@@ -14,6 +14,7 @@ from hyperiqa.utils import UserError
 from tuning.engine.launch import max_concurrent, run_config
 from tuning.engine.ray_private import restored_tune_config
 from tuning.engine.trainable import run_trial
+from tuning.sweep import grow
 from tuning.sweep import trials_report as report
 from tuning.sweep.asha import make_scheduler
 from tuning.sweep.optuna_search import make_searcher
@@ -58,6 +59,7 @@ def restore_tuner(plan: Plan, fn=train_trial) -> tune.Tuner:
     tuner = tune.Tuner.restore(plan.experiment_path, trainable=make_trainable(plan, fn), resume_errored=True)
     config = restored_tune_config(tuner)
     config.scheduler, config.max_concurrent_trials = scheduler, concurrency
+    grow.raise_budget(config, plan)  # --num-samples above the saved budget: Ray's restored one would stop it
     return tuner
 
 
