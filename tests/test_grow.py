@@ -100,7 +100,8 @@ def test_the_old_trials_were_not_rerun_and_their_folders_are_unchanged(grown):
 
 
 def test_a_search_flag_that_cannot_change_is_refused_in_one_line(grown, capsys):
-    for flags, named in ((["--max-epochs", "5"], "--max-epochs 5"), (["--metric", "test_srcc"], "--metric test_srcc")):
+    for flags, named in ((["--max-epochs", "5"], "--max-epochs 5"), (["--metric", "test_srcc"], "--metric test_srcc"),
+                         (["--set", "lr_ratio=5"], "--set lr_ratio=5")):
         with pytest.raises(UserError) as exc_info:
             search.main([*grown["argv"], "--resume", "--num-samples", "6", *flags])
         message = str(exc_info.value)

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--name", help="experiment name (default <dataset>-<space>-<time>); with --resume: which one")
     o.add_argument("--resume", action="store_true",
                    help="continue the experiment --name (default: the newest under --storage-path); finished "
-                        "trials are kept, unfinished ones continue from their checkpoints")
+                        "trials are kept, unfinished ones continue from their checkpoints; with --num-samples "
+                        "above its trials, a finished search grows (docs/search.md)")
     o.add_argument("--export-dir", metavar="DIR", help="export folder (default exports/<name>)")
     o.add_argument("--keep-checkpoints", metavar="POLICY", default=retention.DEFAULT_KEEP,
                    help="what the trials' checkpoints keep: best (default: optimizer state only in a running "

@@ -55,50 +55,47 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict
 def check_unchanged(plan: Plan, given: dict) -> None:
     """Refuse in one line a FIXED flag whose value differs from the search's saved one."""
     for dest, value in given.items():
-        saved, typed = _saved_and_typed(plan, dest, value)
-        if typed != saved:
-            shown = " ".join(map(str, value)) if isinstance(value, list) else value
-            raise UserError(f"--resume: {FIXED[dest]} {shown} differs from the search's {_show(saved)}; a resumed "
-                            "search keeps its space, metric, searcher, dataset and budget per trial (leave the "
-                            "flag out, or start a new search with another --name)")
+        for typed, shown, saved, saved_shown in _compared(plan, dest, value):
+            if typed != saved:
+                raise UserError(f"--resume: {FIXED[dest]} {shown} differs from the search's {saved_shown}; a "
+                                "resumed search keeps its space, metric, searcher, dataset and budget per trial "
+                                "(leave the flag out, or start a new search with another --name)")
 
 
-def _saved_and_typed(plan: Plan, dest: str, value):
-    """(the saved value, the typed one) in one form, for the flag `dest`."""
+def _compared(plan: Plan, dest: str, value) -> list[tuple]:
+    """[(typed value, as typed, saved value, as shown)] for the flag `dest`, both values in one form."""
     if dest == "set":
         return _set_values(plan, value)
     if dest == "space":
         from tuning.sweep.plan import _raw_space
         from tuning.sweep.space import load_space
 
-        return plan.space, _raw_space(load_space(value))
+        return [(_raw_space(load_space(value)), value, plan.space, f"space (saved from {plan.space_source})")]
     if dest == "data_root":
-        return plan.base.get("data_root"), absolute(value)
+        saved = plan.base.get("data_root")
+        return [(absolute(value), value, saved, saved)]
     if dest == "cross":
         from tuning.sweep import crosseval
 
-        return [list(c) for c in plan.cross], crosseval.parse(value)
+        saved = [list(c) for c in plan.cross]
+        return [(crosseval.parse(value), " ".join(value), saved, " ".join("=".join(c) for c in saved) or "none")]
     if dest == "optuna_storage":
         from tuning.engine.tracking import absolute_store_uri
 
-        return plan.optuna_storage, absolute_store_uri(value, "--optuna-storage")
-    if dest in ("dataset", "patience"):
-        return plan.base.get(dest), value
-    return getattr(plan, dest), value
+        return [(absolute_store_uri(value, "--optuna-storage"), value, plan.optuna_storage, plan.optuna_storage)]
+    saved = plan.base.get(dest) if dest in ("dataset", "patience") else getattr(plan, dest)
+    return [(value, value, saved, saved)]
 
 
-def _set_values(plan: Plan, sets: list[str]) -> tuple[dict, dict]:
-    """The --set fields as the saved base has them and as typed (through TrainConfig, paths absolute)."""
-    keys = [k for k in parse_assignments(sets) if k not in SET_BY_THE_SEARCH]
+def _set_values(plan: Plan, sets: list[str]) -> list[tuple]:
+    """Each --set field as typed (through TrainConfig, paths absolute) and as the saved base has it."""
     typed = TrainConfig.from_dict(plan.base, source="the saved search").with_overrides(sets).to_dict()
-    typed = {k: absolute(v) if k in PATH_FIELDS and v else v for k, v in typed.items()}
-    return {k: plan.base.get(k) for k in keys}, {k: typed[k] for k in keys}
-
-
-def _show(saved) -> str:
-    if isinstance(saved, dict):
-        return "values (" + ", ".join(f"{k}={v}" for k, v in saved.items()) + ")" if len(saved) < 4 else "space"
-    return str(saved)
+    out = []
+    for key, raw in parse_assignments(sets).items():
+        if key not in SET_BY_THE_SEARCH:
+            value = absolute(typed[key]) if key in PATH_FIELDS and typed[key] else typed[key]
+            out.append((value, f"{key}={raw}", plan.base.get(key), f"{key}={plan.base.get(key)}"))
+    return out
 
 
 def resumed_plan(plan: Plan, num_samples: int | None) -> Plan | None:
