@@ -158,7 +158,9 @@ class GrowingSearch(SearchGenerator):
         before = self.total_samples
         ray_private.set_search_budget(self, max(before, self._grow_to))
         self.searcher.set_max_concurrency(self._max_concurrent)
-        # The start points a search of this size would have evaluated and the smaller one did not.
+        # The start points a search of this size would have evaluated and the smaller one did not (start
+        # points run first, so every old trial was one of the earlier ones). skip_if_exists: a grow killed
+        # before Ray saved its budget left them WAITING in an --optuna-storage study; they are not added twice.
         study = ray_private.optuna_study(self.searcher.searcher)
         for point in self._start[before:self._grow_to]:
-            study.enqueue_trial(point)
+            study.enqueue_trial(point, skip_if_exists=True)
