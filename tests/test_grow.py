@@ -109,11 +109,14 @@ def test_a_search_flag_that_cannot_change_is_refused_in_one_line(grown, capsys):
     assert not ray.is_initialized() and load_plan(str(grown["experiment"])).num_samples == 4
 
 
-def test_a_num_samples_at_or_below_the_trials_run_has_nothing_to_add(grown, capsys):
-    export = grown["root"] / "export" / "trials.csv"
-    stamp = export.stat().st_mtime_ns
-    for n in ("4", "3"):
+def test_a_num_samples_at_the_trials_run_has_nothing_to_add_and_reexports(grown, capsys):
+    (grown["root"] / "export" / "trials.csv").unlink()  # as if the search had been killed before its export
+    try:
         assert search.main(["--resume", "--storage-path", str(grown["root"] / "ray"), "--name", "grown",
-                            "--num-samples", n]) == 0
-        assert f"--num-samples {n}: grown has already run 4 trials; nothing to add" in capsys.readouterr().out
-    assert not ray.is_initialized() and export.stat().st_mtime_ns == stamp
+                            "--num-samples", "4"], trial_fn=functools.partial(scripted, curves=CURVES)) == 0
+    finally:
+        ray.shutdown()
+    out = capsys.readouterr().out
+    assert "--num-samples 4: grown already has a budget of 4 trials; nothing to add" in out
+    assert "search finished" in out and len(list(grown["experiment"].glob("*/result.json"))) == 4
+    assert len(rows(grown["root"] / "export")) == 4 and load_plan(str(grown["experiment"])).num_samples == 4

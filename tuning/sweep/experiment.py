@@ -79,8 +79,6 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
     args = build_parser().parse_args(argv)
     confirm.check_search_flags(args)
     plan = resume_plan(args, argv) if args.resume else new_plan(search_flags(args))
-    if plan is None:
-        return 0  # --resume --num-samples N: nothing to add (said)
     from tuning.engine.result_folder import check_export_dir
 
     check_export_dir(plan.export_dir, plan.experiment_path)  # refused now, not after the search has run
@@ -153,16 +151,14 @@ def new_plan(flags: SearchFlags) -> Plan:
     return plan
 
 
-def resume_plan(args: argparse.Namespace, argv: list[str] | None = None) -> Plan | None:
-    """The saved plan, grown by a larger --num-samples (tuning/sweep/grow.py); None: nothing to add."""
+def resume_plan(args: argparse.Namespace, argv: list[str] | None = None) -> Plan:
+    """The saved plan, grown by a larger --num-samples (tuning/sweep/grow.py)."""
     from tuning.sweep import grow
 
     plan = experiment_folder.resume(args.storage_path, args.name, experiment_folder.SEARCH, Plan,
                                     instead="`python tuning/export.py {experiment}` exports what its trials saved")
     grow.check_unchanged(plan, grow.given_flags(build_parser(), argv))
     plan = grow.resumed_plan(plan, args.num_samples)
-    if plan is None:
-        return None
     if args.export_dir:
         import dataclasses
 

@@ -15,7 +15,7 @@ The grown search is the same search with a larger budget: the same space, metric
 - Start points beyond the old budget (a search of N would have evaluated them) are asked first.
 
 What cannot change on a resume (the space, metric, dataset, budget per trial) is refused in one line; a
---num-samples at or below the budget of a finished search says there is nothing to add.
+--num-samples at or below the search's budget says there is nothing to add, and the resume goes on as usual.
 """
 
 from __future__ import annotations
@@ -98,30 +98,22 @@ def _set_values(plan: Plan, sets: list[str]) -> list[tuple]:
     return out
 
 
-def resumed_plan(plan: Plan, num_samples: int | None) -> Plan | None:
-    """The plan a `--resume [--num-samples N]` runs: `plan` grown to N trials if N is above its budget;
-    None when a finished search has nothing to add (said in one line)."""
+def resumed_plan(plan: Plan, num_samples: int | None) -> Plan:
+    """The plan a `--resume [--num-samples N]` runs: `plan` grown to N trials if N is above its budget.
+
+    At or below the budget there is nothing to add, which is said; the resume goes on as without the flag
+    (unfinished trials continue, and the export is written again: a search killed after its last trial
+    ended but before its export gets one)."""
     if num_samples is None:
         return plan
     if num_samples > plan.num_samples:
         print(f"growing {plan.name} from {plan.num_samples} to {num_samples} trials: its trials stay as they are; "
               "the new ones are proposed by its searcher from their results and meet their values at ASHA's rungs")
         return dataclasses.replace(plan, num_samples=num_samples)
-    trials = _trial_statuses(plan)
-    if len(trials) >= plan.num_samples and all(status == "TERMINATED" for status in trials):
-        print(f"--num-samples {num_samples}: {plan.name} has already run {len(trials)} trials; nothing to add "
-              f"(its export: {plan.export_dir}). A --num-samples above {plan.num_samples} grows it.")
-        return None
-    if num_samples < plan.num_samples:
-        print(f"--num-samples {num_samples}: a resumed search keeps its budget of {plan.num_samples} trials")
+    print(f"--num-samples {num_samples}: {plan.name} already has a budget of {plan.num_samples} trials; nothing to "
+          f"add (a --num-samples above {plan.num_samples} grows it). Resuming it as it is: unfinished trials "
+          "continue, the export is written again")
     return plan
-
-
-def _trial_statuses(plan: Plan) -> list[str]:
-    from ray import tune
-
-    analysis = tune.ExperimentAnalysis(plan.experiment_path, default_metric=plan.metric, default_mode="max")
-    return [trial.status for trial in analysis.trials]
 
 
 def save_if_grown(plan: Plan) -> None:
