@@ -10,6 +10,7 @@ reaches into; the rest of the project uses Ray's public API only. What relies on
 - fit_stopped_by_sigint: Ctrl-C during a run is told apart from a finished run (launch.fit).
 - ASHA's bracket and rungs: a resumed search refills them (tuning/sweep/asha.py).
 - OptunaSearch's study and trials: the searcher tells Optuna each trial's best value (tuning/sweep/optuna_search.py).
+- set_search_budget: a finished search grows (tuning/sweep/grow.py).
 - The MLflow and W&B logger callbacks' state (tuning/engine/ray_callbacks.py).
 - trial_process, trial_failures, restored_run_config: the stall watchdog kills a silent trial's actor and
   is given to a restored Tuner (tuning/engine/watch.py).
@@ -31,7 +32,8 @@ CHECKED_WITH = ("2.60.0",)
 
 __all__ = ["CHECKED_WITH", "WandbLoggingActor", "after_study_setup", "asha_metric_op", "asha_record", "asha_rungs", "fit_stopped_by_sigint",
            "mlflow_trial_runs", "optuna_completed", "optuna_storage", "optuna_study", "optuna_trials",
-           "restored_run_config", "restored_tune_config", "set_wandb_actor", "single_node_mode", "trial_failures", "trial_process", "wandb_module"]
+           "restored_run_config", "restored_tune_config", "set_search_budget", "set_wandb_actor", "single_node_mode",
+           "trial_failures", "trial_process", "wandb_module"]
 
 
 def restored_tune_config(tuner: tune.Tuner) -> tune.TuneConfig:
@@ -110,6 +112,14 @@ def asha_metric_op(scheduler) -> float | None:
 
 def asha_rungs(scheduler) -> list[tuple[float, dict]]:
     return list(scheduler._brackets[0]._rungs)
+
+
+# SearchGenerator (ray/tune/search/search_generator.py)
+
+def set_search_budget(generator, total: int) -> None:
+    """Let a restored SearchGenerator create trials up to `total` (its saved `num_samples` otherwise stops it)."""
+    generator._total_samples = total
+    generator._finished = False  # set only when the searcher ran out of points or the run was stopped
 
 
 # OptunaSearch (ray/tune/search/optuna/optuna_search.py)

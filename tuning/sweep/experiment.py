@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--name", help="experiment name (default <dataset>-<space>-<time>); with --resume: which one")
     o.add_argument("--resume", action="store_true",
                    help="continue the experiment --name (default: the newest under --storage-path); finished "
-                        "trials are kept, unfinished ones continue from their checkpoints")
+                        "trials are kept, unfinished ones continue from their checkpoints; with --num-samples "
+                        "above its trials, a finished search grows (docs/search.md)")
     o.add_argument("--export-dir", metavar="DIR", help="export folder (default exports/<name>)")
     add_stall_flag(o)
     o.add_argument("--keep-checkpoints", metavar="POLICY", default=retention.DEFAULT_KEEP,
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None, *, trial_fn=None) -> int:
     """The CLI; `trial_fn` replaces the training function of every trial (tests only)."""
     args = build_parser().parse_args(argv)
     confirm.check_search_flags(args)
-    plan = resume_plan(args) if args.resume else new_plan(search_flags(args))
+    plan = resume_plan(args, argv) if args.resume else new_plan(search_flags(args))
     from tuning.engine.result_folder import check_export_dir
 
     check_export_dir(plan.export_dir, plan.experiment_path)  # refused now, not after the search has run
@@ -99,6 +100,7 @@ def _search(args, plan, trial_fn) -> int:
     from tuning.engine import launch
     from tuning.sweep import tuner as tuner_module
     from tuning.sweep.export_folder import export_experiment
+    from tuning.sweep.grow import save_if_grown
     from tuning.sweep.plan import save_plan
 
     tracking.prepare(plan, resume=args.resume)  # packages and stores checked before Ray starts
@@ -107,6 +109,7 @@ def _search(args, plan, trial_fn) -> int:
     fn = {"fn": trial_fn} if trial_fn else {}
     if args.resume:
         tuner = tuner_module.restore_tuner(plan, **fn)
+        save_if_grown(plan)  # the grown budget, once Ray has accepted the experiment
     else:
         tuner = tuner_module.build_tuner(plan, **fn)
         save_plan(plan)
@@ -154,11 +157,16 @@ def new_plan(flags: SearchFlags) -> Plan:
     return plan
 
 
-def resume_plan(args: argparse.Namespace) -> Plan:
+def resume_plan(args: argparse.Namespace, argv: list[str] | None = None) -> Plan:
+    """The saved plan, grown by a larger --num-samples (tuning/sweep/grow.py)."""
+    from tuning.sweep import grow
+
     plan = experiment_folder.resume(args.storage_path, args.name, experiment_folder.SEARCH, Plan,
                                     instead="`python tuning/export.py {experiment}` exports what its trials saved")
     import dataclasses
 
+    grow.check_unchanged(plan, grow.given_flags(build_parser(), argv))
+    plan = grow.resumed_plan(plan, args.num_samples)
     if args.export_dir:
         plan = dataclasses.replace(plan, export_dir=absolute(args.export_dir))
     return dataclasses.replace(plan, stall_timeout=stall_timeout(args.stall_timeout, plan.stall_timeout))

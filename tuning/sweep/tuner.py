@@ -14,6 +14,7 @@ from hyperiqa.utils import UserError
 from tuning.engine.launch import max_concurrent, refresh_callbacks, run_config
 from tuning.engine.ray_private import restored_tune_config
 from tuning.engine.trainable import run_trial
+from tuning.sweep import grow
 from tuning.sweep import trials_report as report
 from tuning.sweep.asha import make_scheduler
 from tuning.sweep.optuna_search import make_searcher
@@ -59,6 +60,8 @@ def restore_tuner(plan: Plan, fn=train_trial) -> tune.Tuner:
     config = restored_tune_config(tuner)
     config.scheduler, config.max_concurrent_trials = scheduler, concurrency
     refresh_callbacks(tuner, plan)
+    # Ray's restored search would stop at the saved budget and concurrency: this run's replace them
+    grow.raise_budget(config, plan)
     return tuner
 
 
