@@ -80,7 +80,7 @@ def lost_node(tiny_dataset, tiny_cache_dir, tmp_path_factory):
                 deadline = time.monotonic() + 180
                 while time.monotonic() < deadline and proc.poll() is None and not (
                         any(pause.glob(f"{PAUSED_PREFIX}*")) and _snapshot_has_checkpoint(experiment, LR)):
-                    time.sleep(0.5)
+                    time.sleep(1)  # each poll reads Ray's experiment state: CPU the search needs
                 assert proc.poll() is None and any(pause.glob(f"{PAUSED_PREFIX}*")), \
                     (root / "driver.log").read_text()[-3000:]
                 (first,) = [p.read_text() for p in pause.glob(f"{NODE_PREFIX}*")]
@@ -97,6 +97,7 @@ def lost_node(tiny_dataset, tiny_cache_dir, tmp_path_factory):
         assert code == 0, (root / "driver.log").read_text()[-3000:]
         nodes = {p.name: p.read_text() for p in pause.glob(f"{NODE_PREFIX}*")}
         yield {"root": root, "experiment": experiment, "removed": first, "nodes": nodes,
+               "log": (root / "driver.log").read_text(),
                "survivor": next(w.node_id for w in workers if w is not node), "recovered_s": recovered_s}
     finally:
         ray.shutdown()
@@ -106,6 +107,9 @@ def lost_node(tiny_dataset, tiny_cache_dir, tmp_path_factory):
 def test_the_trial_of_a_removed_node_continues_from_its_checkpoint_on_the_other_node(lost_node):
     print(f"search ended {lost_node['recovered_s']:.1f} s after the node was removed")
     assert sorted(lost_node["nodes"].values()) == sorted([lost_node["removed"], lost_node["survivor"]])
+    # One of the trial's retries (launch.run_config: FailureConfig(max_failures=2)), in Ray's words.
+    assert f"The actor died because its node has died. Node Id: {lost_node['removed']}" in lost_node["log"]
+    assert "The trial terminated successfully after retrying." in lost_node["log"]
     (trial,) = trial_ids_by_lr(lost_node["experiment"]).values()
     results = [json.loads(line) for line in next(lost_node["experiment"].glob("*/result.json")).read_text().splitlines()]
     assert [r["epoch"] for r in results] == [1, 2, 3]  # continued from epoch 1: nothing reported twice
