@@ -157,7 +157,6 @@ def test_a_search_submitted_as_a_ray_job_stopped_and_resumed_by_a_second_job(hea
     assert job_status(head, "search-1") == "STOPPED"
     kill_paused(pause)  # a worker outliving its job would write epoch 2 once released
     (pause / "resumed").touch()
-    assert "search finished" not in ray_job(head, "logs", "search-1")
 
     submit(head, "search-2", [sys.executable, "-c", DRIVER, json.dumps([[*argv, "--resume"], CURVES, str(pause), None])])
     deadline = time.monotonic() + 150
