@@ -23,7 +23,7 @@ DATASETS_HELP = "koniq10k, livec, bid, live, csiq, tid2013, kadid10k, spaq, csv,
 
 def add_resource_flags(p: argparse.ArgumentParser, unit: str = "trial") -> None:
     r = p.add_argument_group("resources")
-    r.add_argument("--gpus", type=gpus_value, default=AUTO, metavar="N",
+    r.add_argument("--gpus", type=gpus_value, default=AUTO, metavar="N|auto",
                    help="GPUs to use in total; auto = every GPU this process may use (CUDA_VISIBLE_DEVICES "
                         "honoured; with --address: the cluster's), none on a CPU machine; 0 = CPU only (default auto)")
     r.add_argument(f"--gpus-per-{unit}", dest="gpus_per_trial", type=float, metavar="G",
@@ -50,9 +50,9 @@ def add_cluster_flags(g: argparse._ArgumentGroup, default_storage: str = "ray_re
     g.add_argument("--address", help="join a running Ray cluster (auto, or HOST:PORT of `ray start --head`); "
                    "without it, a Ray of this run's own (RAY_ADDRESS, as in a Ray Job, also joins)")
     g.add_argument("--dashboard-host", help="interface of the Ray dashboard started here (default 127.0.0.1; "
-                   "anything else prints a warning; ignored with --address)")
+                   "anything else prints a warning; ignored when joining a cluster)")
     g.add_argument("--dashboard-port", type=int, metavar="PORT",
-                   help="dashboard port (default 8265 or the next free; ignored with --address)")
+                   help="dashboard port (default 8265 or the next free; ignored when joining a cluster)")
     g.add_argument("--no-dashboard", dest="dashboard", action="store_false",
                    help="start a local Ray without its dashboard (about 1.5 s and 3 CPU-seconds less at start; "
                         "Ray's trial table still prints here)")
