@@ -141,8 +141,11 @@ def cli() -> None:
 
 
 def _run(args, runset, trial_fn) -> int:
-    from tuning.engine import runner
+    from tuning.engine import node_cache, runner
 
+    caches = node_cache.runset_configs(runset)
+    if runner_of(runset) == "processes" or not args.address:
+        node_cache.build_local(caches)  # before any run: the runs open it instead of queueing on its lock
     if runner_of(runset) == "processes":
         return run_processes(runset, args)
     if args.time_limit is not None:
@@ -152,6 +155,8 @@ def _run(args, runset, trial_fn) -> int:
     from tuning.engine import launch
 
     launch.start_ray(args.address, args.dashboard_host, args.dashboard_port, dashboard=args.dashboard)
+    if args.address:
+        node_cache.build_on_nodes(caches, runset.cpus_per_trial, runset.gpus_per_trial)
     start = time.monotonic()
     curves, interrupted = runner.execute(runset, resume=args.resume, **({"fn": trial_fn} if trial_fn else {}))
     print(f"\nablation {'interrupted' if interrupted else 'finished'} after {(time.monotonic() - start) / 60:.1f} min")
