@@ -88,6 +88,19 @@ def _make_chunk(jobs: list[tuple[str, float, int]]) -> int:
     return len(jobs)
 
 
+class _Inline:
+    """A pool of one: this process (the test's small folders)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, fn, items):
+        return map(fn, items)
+
+
 def generate(root: Path, n: int = KONIQ_IMAGES, workers: int = 0, log=print) -> dict:
     """Write the folder (images already there are kept); {images, seconds, bytes}."""
     folder = root / FOLDER
@@ -98,7 +111,7 @@ def generate(root: Path, n: int = KONIQ_IMAGES, workers: int = 0, log=print) -> 
     chunks = [jobs[i:i + 64] for i in range(0, len(jobs), 64)]
     workers = workers or len(os.sched_getaffinity(0))
     done = 0
-    with cf.ProcessPoolExecutor(workers) as pool:
+    with cf.ProcessPoolExecutor(workers) if workers > 1 else _Inline() as pool:
         for count in pool.map(_make_chunk, chunks):
             done += count
             if done % 1024 < 64 or done == n:
