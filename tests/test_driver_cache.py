@@ -114,3 +114,22 @@ def test_a_local_search_builds_the_cache_in_the_driver_before_its_trial(tiny_dat
     # The trial opened the driver's cache: it decoded nothing and waited for no one.
     assert "decoded cache:" not in trial_log, trial_log
     assert (built[0] / "meta.json").stat().st_mtime < logs[0].stat().st_mtime
+
+
+def test_on_a_cluster_each_node_that_holds_a_trial_builds_its_cache(tiny_cfg, tmp_path):
+    from tuning.engine import node_cache
+
+    cfg = tiny_cfg(cache_dir=str(tmp_path / "node-cache"))
+    lines = []
+    ray.init(num_cpus=1, include_dashboard=False, address="local")
+    try:
+        node_cache.build_on_nodes([cfg, cfg.replace(seed=3)], cpus_per_trial=1, gpus_per_trial=0, log=lines.append)
+        built = [p for p in (tmp_path / "node-cache" / "decoded").iterdir() if p.is_dir()]
+        lines_without_gpu = []
+        node_cache.build_on_nodes([cfg], cpus_per_trial=1, gpus_per_trial=1, log=lines_without_gpu.append)
+    finally:
+        ray.shutdown()
+    assert len(built) == 1  # the seed does not change the cache: one build
+    assert lines[0] == "decoded cache: building on 1 node(s) before the trials start"
+    assert len(lines) == 2 and "ready (24 images" in lines[1], lines
+    assert lines_without_gpu == ["decoded cache: building on 0 node(s) before the trials start"]  # no trial fits it
