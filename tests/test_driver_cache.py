@@ -133,3 +133,12 @@ def test_on_a_cluster_each_node_that_holds_a_trial_builds_its_cache(tiny_cfg, tm
     assert lines[0] == "decoded cache: building on 1 node(s) before the trials start"
     assert len(lines) == 2 and "ready (24 images" in lines[1], lines
     assert lines_without_gpu == ["decoded cache: building on 0 node(s) before the trials start"]  # no trial fits it
+
+
+def test_verify_images_decodes_in_parallel_and_names_the_broken_file(tmp_path):
+    from hyperiqa.data.__main__ import unreadable_images
+
+    paths = _images(tmp_path, 130)  # 3 chunks of 64
+    data = Path(paths[100]).read_bytes()
+    Path(paths[100]).write_bytes(data[: len(data) // 2])
+    assert list(unreadable_images(paths, workers=2)) == [paths[100]]

@@ -41,12 +41,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def unreadable_images(paths: list[str]) -> dict[str, str]:
+def unreadable_images(paths: list[str], workers: int = 0) -> dict[str, str]:
     """{path: why} of the images that do not decode, as the cache will decode them.
 
     Image.verify() only checks a file's structure: a JPEG cut off half-way passes it and then fails
-    in the cache build, hours into a search's start. load() decodes every pixel.
+    in the cache build, hours into a search's start. load() decodes every pixel, in one process per CPU
+    this process may use (KonIQ-10k's 10,073 JPEGs took 403 s in one process on 2 shared cores).
     """
+    import concurrent.futures as cf
+    import multiprocessing
+
+    from hyperiqa.data.cache import decoder_workers, start_method
+
+    chunks = [paths[i:i + 64] for i in range(0, len(paths), 64)]
+    workers = min(decoder_workers(workers), len(chunks))
+    if workers <= 1:
+        return _unreadable(paths)
+    bad: dict[str, str] = {}
+    with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(start_method())) as pool:
+        for found in pool.map(_unreadable, chunks):
+            bad.update(found)
+    return bad
+
+
+def _unreadable(paths: list[str]) -> dict[str, str]:
     from PIL import Image
 
     bad = {}
