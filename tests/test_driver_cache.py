@@ -5,6 +5,10 @@ another process's build gives up with one line once that build stops progressing
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -136,9 +140,17 @@ def test_on_a_cluster_each_node_that_holds_a_trial_builds_its_cache(tiny_cfg, tm
 
 
 def test_verify_images_decodes_in_parallel_and_names_the_broken_file(tmp_path):
-    from hyperiqa.data.__main__ import unreadable_images
-
+    """Through the CLI as users run it (`python -m`): its workers must find their function by module name."""
     paths = _images(tmp_path, 130)  # 3 chunks of 64
+    (tmp_path / "labels.csv").write_text("image,label\n" + "".join(f"{Path(p).name},{i % 7}\n"
+                                                                     for i, p in enumerate(paths)))
     data = Path(paths[100]).read_bytes()
     Path(paths[100]).write_bytes(data[: len(data) // 2])
-    assert list(unreadable_images(paths, workers=2)) == [paths[100]]
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "hyperiqa.data", "--dataset", "csv", "--data-root", str(tmp_path),
+                             "--option", "csv=labels.csv", "--option", "image_column=image", "--option",
+                             "label_column=label", "--verify-images", "--json"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["unreadable"] == [str(Path(paths[100]).resolve())]

@@ -102,6 +102,19 @@ def _decode_chunk(items: list[tuple[int, str]], rule: dict) -> list[tuple[int, n
     return out
 
 
+def undecodable(paths: list[str]) -> dict[str, str]:
+    """{path: why} of the files that PIL cannot decode fully (`python -m hyperiqa.data --verify-images`; lives
+    here so that its worker processes find it by module name)."""
+    bad = {}
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except Exception as exc:  # PIL raises many types for a corrupt file; all mean "unreadable"
+            bad[path] = f"{type(exc).__name__}: {exc}"
+    return bad
+
+
 # --- the cache --------------------------------------------------------------------------------
 
 class DecodedCache:
@@ -226,6 +239,15 @@ def start_method() -> str | None:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
+def pool_context():
+    """The multiprocessing context of start_method(); a fork server imports this module once, not each worker."""
+    method = start_method()
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload([__name__])
+    return context
+
+
 def _os_threads() -> int:
     try:
         return len(os.listdir("/proc/self/task"))
@@ -325,11 +347,7 @@ def _map_chunks(paths: list[str], rule: dict, workers: int):
         for chunk in chunks:
             yield _decode_chunk(chunk, rule)
         return
-    method = start_method()
-    context = multiprocessing.get_context(method)
-    if method == "forkserver":
-        context.set_forkserver_preload([__name__])
-    with cf.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with cf.ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
         todo = iter(chunks)
         pending = {pool.submit(_decode_chunk, c, rule) for c in _take(todo, 2 * workers)}
         while pending:
