@@ -238,7 +238,7 @@ def run_search(args, method: str, seed: int, out: Path, space: Path | None) -> t
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {shlex.join(argv[1:])}", flush=True)
     start = time.monotonic()
     with open(out / "logs" / f"{name}.log", "w") as log:
-        # A Ray of its own: without an address, ray.init() joins the cluster /tmp/ray/ray_current_cluster names.
+        # A Ray of its own even where the shell (or a Ray Job) sets RAY_ADDRESS to a cluster.
         env = {**os.environ, "RAY_ADDRESS": "local"}
         code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env).returncode
     wall = time.monotonic() - start

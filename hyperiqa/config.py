@@ -122,7 +122,7 @@ class TrainConfig:
                                            doc="cap this process's share of GPU memory (set by the tuner)")
     device_cache_gb: float = _f(8.0, min=0.0, doc="keep the decoded training images on the GPU up to this size")
     num_threads: int = _f(0, min=0, doc="torch CPU threads (0 = torch's default)")
-    cache_workers: int = _f(0, min=0, doc="processes decoding images into the cache (0 = one per core)")
+    cache_workers: int = _f(0, min=0, doc="processes decoding images into the cache (0 = one per CPU the process may use)")
 
     # ------------------------------------------------------------------------------------------
     @classmethod

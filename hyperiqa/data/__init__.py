@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from hyperiqa.data.datasets import DatasetSpec
     from hyperiqa.data.splits import Split
 
-__all__ = ["DecodedCache", "EvalCrops", "PreparedData", "TrainPatchSampler", "prepare_data"]
+__all__ = ["DecodedCache", "EvalCrops", "PreparedData", "TrainPatchSampler", "open_cache", "prepare_data"]
 
 
 @dataclass
@@ -34,6 +34,23 @@ class PreparedData:
     test: EvalCrops | None
 
 
+def open_cache(cfg: TrainConfig, spec: DatasetSpec | None = None, *, log: Callable[[str], None] = print) -> DecodedCache:
+    """The decoded cache of cfg's dataset and resize rule, built first if this machine has none.
+
+    Called by every training process, and by tuning's driver before any trial starts (so that trials
+    only open it): both must derive the same key from the same config."""
+    if spec is None:
+        from hyperiqa.data.datasets import dataset_from_config
+
+        spec = dataset_from_config(cfg)
+    short_side = spec.default_short_side if cfg.resize_short_side is None else cfg.resize_short_side
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    return DecodedCache.build_or_open([r.path for r in spec.records], cache_dir=cache_dir / "decoded",
+                                      short_side=short_side or None,
+                                      resize_to=tuple(cfg.resize_to) if cfg.resize_to else None,
+                                      min_size=cfg.patch_size, workers=cfg.cache_workers, log=log)
+
+
 def prepare_data(cfg: TrainConfig, *, device: torch.device | str, mean: Sequence[float], std: Sequence[float],
                  log: Callable[[str], None] = print) -> PreparedData:
     """Everything the solver reads, for one config. The cache covers all records of the dataset, so
@@ -44,12 +61,7 @@ def prepare_data(cfg: TrainConfig, *, device: torch.device | str, mean: Sequence
     device = torch.device(device)
     spec = dataset_from_config(cfg)
     split = make_split(spec, cfg)  # refuses a split without training images or too few to evaluate
-    short_side = spec.default_short_side if cfg.resize_short_side is None else cfg.resize_short_side
-    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
-    cache = DecodedCache.build_or_open([r.path for r in spec.records], cache_dir=cache_dir / "decoded",
-                                       short_side=short_side or None,
-                                       resize_to=tuple(cfg.resize_to) if cfg.resize_to else None,
-                                       min_size=cfg.patch_size, workers=cfg.cache_workers, log=log)
+    cache = open_cache(cfg, spec, log=log)
     labels = np.array([r.label for r in spec.records], dtype=np.float32)
     cuda = device.type == "cuda"
     common = dict(patch_size=cfg.patch_size, seed=cfg.seed, device=device, mean=mean, std=std,

@@ -41,21 +41,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def unreadable_images(paths: list[str]) -> dict[str, str]:
+def unreadable_images(paths: list[str], workers: int = 0) -> dict[str, str]:
     """{path: why} of the images that do not decode, as the cache will decode them.
 
     Image.verify() only checks a file's structure: a JPEG cut off half-way passes it and then fails
-    in the cache build, hours into a search's start. load() decodes every pixel.
+    in the cache build, hours into a search's start. load() decodes every pixel, in one process per CPU
+    this process may use (KonIQ-10k's 10,073 JPEGs took 403 s in one process on 2 shared cores).
     """
-    from PIL import Image
+    import concurrent.futures as cf
 
-    bad = {}
-    for path in paths:
-        try:
-            with Image.open(path) as im:
-                im.load()
-        except Exception as exc:  # PIL raises many types for a corrupt file; all mean "unreadable"
-            bad[path] = f"{type(exc).__name__}: {exc}"
+    from hyperiqa.data.cache import decoder_workers, pool_context, undecodable
+
+    chunks = [paths[i:i + 64] for i in range(0, len(paths), 64)]
+    workers = min(decoder_workers(workers), len(chunks))
+    if workers <= 1:
+        return undecodable(paths)
+    bad: dict[str, str] = {}
+    with cf.ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
+        for found in pool.map(undecodable, chunks):
+            bad.update(found)
     return bad
 
 

@@ -10,11 +10,13 @@ cache instead of holding N copies.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -28,6 +30,9 @@ from hyperiqa.utils import UserError
 
 CACHE_VERSION = 1  # bump when the decoding rules change: old caches then stop matching
 _CHUNK = 8  # images per worker task: small enough for steady progress, large enough to amortise IPC
+# How long a process waits for another one's build without seeing it progress (its temporary data file
+# growing) before giving up with a one-line error: a builder that hangs must not hold idle GPUs forever.
+LOCK_STALL_S = 600.0
 
 
 class CacheBuildError(UserError):
@@ -97,6 +102,19 @@ def _decode_chunk(items: list[tuple[int, str]], rule: dict) -> list[tuple[int, n
     return out
 
 
+def undecodable(paths: list[str]) -> dict[str, str]:
+    """{path: why} of the files that PIL cannot decode fully (`python -m hyperiqa.data --verify-images`; lives
+    here so that its worker processes find it by module name)."""
+    bad = {}
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except Exception as exc:  # PIL raises many types for a corrupt file; all mean "unreadable"
+            bad[path] = f"{type(exc).__name__}: {exc}"
+    return bad
+
+
 # --- the cache --------------------------------------------------------------------------------
 
 class DecodedCache:
@@ -147,7 +165,7 @@ class DecodedCache:
                 lock.acquire(timeout=0)
             except Timeout:
                 log(f"decoded cache: another process is building {folder}; waiting for it")
-                lock.acquire()
+                _wait_for_builder(lock, folder)
             except OSError as exc:  # e.g. a cache_dir that exists on the driver's machine only, or read-only
                 raise UserError(f"decoded cache: cannot create {cache_dir} ({exc.strerror or exc}); set cache_dir "
                                 "to a writable folder that exists on every node") from None
@@ -164,6 +182,79 @@ class DecodedCache:
             warnings.warn(f"{cache.upscaled} of {len(cache)} images are smaller than {min_size} px on a side "
                           "and were upscaled to fit a patch", UserWarning, stacklevel=2)
         return cache
+
+
+def _wait_for_builder(lock: FileLock, folder: Path, stall_s: float | None = None) -> None:
+    """Acquire `lock` while the builder holding it makes progress; a UserError once it has not for stall_s."""
+    stall_s = LOCK_STALL_S if stall_s is None else stall_s
+    last_size, last_change = -1, time.monotonic()
+    while True:
+        try:
+            lock.acquire(timeout=min(5.0, max(stall_s / 4, 0.05)))
+            return
+        except Timeout:
+            size = _building_size(folder)
+            now = time.monotonic()
+            if size != last_size:
+                last_size, last_change = size, now
+            elif now - last_change >= stall_s:
+                raise UserError(f"decoded cache: waited {stall_s:.0f} s for another process building {folder} "
+                                f"without seeing it progress; if that process hangs, stop it (its lock is "
+                                f"{lock.lock_file}) and start again") from None
+
+
+def _building_size(folder: Path) -> int:
+    """Bytes written so far by the builder of `folder` (its temporary sibling folder), 0 if none is seen."""
+    total = 0
+    for tmp in folder.parent.glob(f".{folder.name}.tmp-*"):
+        with contextlib.suppress(OSError):  # renamed into place or removed while we looked
+            total += (tmp / "data.u8").stat().st_size
+    return total
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity: a container's, taskset's or a scheduler's share), not the host's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def decoder_workers(requested: int = 0) -> int:
+    """Decoder processes for a build: `requested` (cache_workers) if set, else one per CPU the process may use."""
+    return requested if requested and requested > 0 else available_cpus()
+
+
+def start_method() -> str | None:
+    """'fork' where it is safe: workers need only PIL/numpy and start in milliseconds. A process that has
+    started CUDA or other threads (a Ray worker: gRPC, CUDA) gets 'forkserver', since a forked child can
+    inherit a lock some other thread held and hang; the server imports this module once, not per worker."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" not in methods:
+        return None
+    torch = sys.modules.get("torch")
+    cuda = torch is not None and torch.cuda.is_initialized()
+    if not cuda and _os_threads() <= 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def pool_context():
+    """The multiprocessing context of start_method(); a fork server imports this module once, not each worker."""
+    method = start_method()
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload([__name__])
+    return context
+
+
+def _os_threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:  # no /proc: count Python's threads (native ones go unseen)
+        import threading
+
+        return threading.active_count()
 
 
 def cache_key(paths: Sequence[str], rule: dict) -> str:
@@ -227,6 +318,8 @@ def _decode_all(data_path: Path, paths: list[str], rule: dict, workers: int, log
     offsets = np.zeros(n, np.int64)
     errors: dict[int, str] = {}
     small = total = done = 0
+    log(f"decoded cache: decoding {n} images with {min(decoder_workers(workers), -(-n // _CHUNK))} "
+        f"process(es) into {data_path.parent.name}")
     progress = _Progress(n, log)
     with open(data_path, "wb") as fh:
         for results in _map_chunks(paths, rule, workers):
@@ -249,14 +342,12 @@ def _map_chunks(paths: list[str], rule: dict, workers: int):
     """Yield decoded chunks as they finish; at most 2 chunks per worker in flight bounds memory."""
     items = list(enumerate(paths))
     chunks = [items[i:i + _CHUNK] for i in range(0, len(items), _CHUNK)]
-    workers = min(workers or os.cpu_count() or 1, len(chunks))
+    workers = min(decoder_workers(workers), len(chunks))
     if workers <= 1:  # in-process: no start-up cost for tiny datasets
         for chunk in chunks:
             yield _decode_chunk(chunk, rule)
         return
-    # fork: workers need only PIL/numpy and start in milliseconds (spawn would re-import torch in each)
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-    with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+    with cf.ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
         todo = iter(chunks)
         pending = {pool.submit(_decode_chunk, c, rule) for c in _take(todo, 2 * workers)}
         while pending:
@@ -282,6 +373,7 @@ class _Progress:
         now = time.perf_counter()
         if count == self.total or count - self.last_count >= self.total / 10 or now - self.last_time >= 5:
             rate = count / max(now - self.start, 1e-9)
+            left = f", about {(self.total - count) / rate:.0f} s left" if count < self.total and rate > 0 else ""
             self.log(f"decoded cache: {count}/{self.total} images ({100 * count // self.total}%), "
-                     f"{rate:.0f} images/s")
+                     f"{rate:.0f} images/s{left}")
             self.last_time, self.last_count = now, count

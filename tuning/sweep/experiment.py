@@ -15,10 +15,10 @@ import shlex
 import sys
 import time
 
-from hyperiqa.config import SELECTION_METRICS
+from hyperiqa.config import SELECTION_METRICS, TrainConfig
 from hyperiqa.utils import run_cli
 from tuning.confirmation import experiment as confirm
-from tuning.engine import experiment_folder, retention, tracking
+from tuning.engine import experiment_folder, node_cache, retention, tracking
 from tuning.engine.options import (
     absolute,
     add_cluster_flags,
@@ -104,8 +104,14 @@ def _search(args, plan, trial_fn) -> int:
     from tuning.sweep.plan import save_plan
 
     tracking.prepare(plan, resume=args.resume)  # packages and stores checked before Ray starts
+    caches = [TrainConfig.from_dict({**plan.base, **plan.search_space.fixed}, source="the search's base configuration")]
+    joined = joins_cluster(args.address)
+    if not joined:
+        node_cache.build_local(caches)  # before any trial: the trials open it instead of queueing on its lock
     launch.start_ray(args.address, args.dashboard_host, args.dashboard_port, dashboard=args.dashboard, gpus=plan.gpus)
     plan = launch.settle_gpus(plan)  # --gpus auto on a joined cluster: its GPUs, known now
+    if joined:
+        node_cache.build_on_nodes(caches, plan.cpus_per_trial, plan.gpus_per_trial)
     fn = {"fn": trial_fn} if trial_fn else {}
     if args.resume:
         tuner = tuner_module.restore_tuner(plan, **fn)
