@@ -18,7 +18,10 @@ from tuning.sweep import experiment as search
 @pytest.fixture
 def gpus(monkeypatch):
     """Pretend torch counts `n` GPUs for this process; CUDA_VISIBLE_DEVICES unset unless a test sets it."""
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # restored, also after start_ray narrows it
+    # setenv first: monkeypatch records the variable's state only when it changes it, and start_ray narrows
+    # os.environ itself; teardown then puts back whatever the suite had (unset on CI)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
 
     def have(n: int, visible: str | None = None) -> None:
         monkeypatch.setattr(options, "_cuda_device_count", lambda: n)

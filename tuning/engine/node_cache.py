@@ -45,7 +45,7 @@ def build_local(configs: Iterable[TrainConfig], log: Callable[[str], None] = pri
 
     for cfg in distinct_caches(configs):
         start = time.perf_counter()
-        cache = open_cache(cfg, log=lambda line: log(line))
+        cache = open_cache(cfg, log=log)
         log(f"decoded cache: ready for the trials ({len(cache)} images, {cache.data.nbytes / 2**20:.0f} MiB, "
             f"{time.perf_counter() - start:.1f} s)")
 
