@@ -109,3 +109,21 @@ def test_a_hung_local_process_is_killed_retried_and_reported(tmp_path, tiny_cfg,
     assert [e["epoch"] for e in curves[bad]] == [1, 2, 3] and len(curves["fixed-s0"]) == 4  # resumed each time
     assert stall.stalled_ids(rs.experiment_path) == {bad}
     assert len(Path(rs.experiment_path, bad, "calls.txt").read_text().splitlines()) == 3
+
+
+def test_an_ablation_and_a_confirmation_on_ray_are_watched_with_their_own_setting(tmp_path, tiny_cfg):
+    """The Ray test above runs a search; ablate.py and confirm.py build their Tuners from the same run_config."""
+    from tuning.ablation import experiment as ablation
+    from tuning.engine import launch, runner
+    from tuning.engine.options import Resources
+    from tuning.engine.watch import StallWatch
+
+    def watched(runset) -> list[float]:
+        return [c.stall_timeout for c in launch.run_config(runset).callbacks if isinstance(c, StallWatch)]
+
+    args = ablation.build_parser().parse_args(["--dataset", "demo", "--gpus", "0", "--stall-timeout", "42",
+                                               "--storage-path", str(tmp_path / "ray"), "--name", "abl"])
+    assert watched(ablation.new_runset(args)) == [42.0]
+    where = runner.RunOptions(Resources(0.0, 0.0, 1.0, 1), str(tmp_path / "ray"), "conf", str(tmp_path / "out"), 7.0)
+    confirm = runner.make_runset("confirm", [("a", {}, tiny_cfg(epochs=1))], where, metric="val_srcc", default_name="x")
+    assert watched(confirm) == [7.0]
