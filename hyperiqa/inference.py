@@ -115,11 +115,6 @@ class Scoring:
         return M.image_scores(torch.cat(out).numpy(), owner, len(batches))
 
 
-def predict_images(forward, crops, *, device: torch.device, amp: bool) -> np.ndarray:
-    """Scoring(forward, device, amp=amp).images(crops), for callers that hold no Scoring."""
-    return Scoring(forward, device, amp=amp, channels_last=crops.normalise.channels_last).images(crops)
-
-
 def load_image(path: Path, *, patch: int, short_side: int | None, resize_to) -> np.ndarray:
     """RGB uint8 (H, W, 3) exactly as the training cache stored it: the same decode and resize function."""
     with warnings.catch_warnings():

@@ -86,7 +86,7 @@ def head():
     # Free ports for the dashboard and for the two servers with a fixed default port (dashboard agent 52365, Ray
     # client 10001), which another Ray on the machine may hold: then the agent never starts and no job runs.
     port, agent_port, client_port = free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # conftest's "local" is for ray.init()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a RAY_ADDRESS of the shell would be joined
     # Token authentication with a token of its own, for the head, the `ray job` commands and the jobs (which
     # inherit the head's environment): the user's ~/.ray/auth_token is neither read nor created.
     env.update(RAY_TMPDIR=str(temp), RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token",

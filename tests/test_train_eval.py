@@ -9,7 +9,7 @@ import torch
 
 from hyperiqa import metrics as M
 from hyperiqa.data.patches import EvalCrops
-from hyperiqa.inference import predict_images
+from hyperiqa.inference import Scoring
 from hyperiqa.solver import Solver
 
 VOLATILE = ("time_s", "patches_per_s")
@@ -31,7 +31,7 @@ def test_train_image_metrics_are_the_evaluation_of_a_fixed_training_subset(tiny_
         crops = EvalCrops(solver.data.cache, subset, patch_size=cfg.patch_size, crops_per_image=cfg.test_patches,
                           batch_size=cfg.eval_batch_size, seed=cfg.seed, device="cpu",
                           mean=solver.model.input_mean, std=solver.model.input_std)
-        pred = predict_images(solver.model.eval(), crops, device=solver.device, amp=cfg.amp)
+        pred = Scoring(solver.model.eval(), solver.device, amp=cfg.amp, channels_last=False).images(crops)
         want = M.correlations(pred, solver.data.labels[subset])
         assert metrics["train_image_srcc"] == want["srcc"] and metrics["train_image_plcc"] == want["plcc"]
         assert metrics["train_srcc"] is not None  # the patch-level value stays beside it
