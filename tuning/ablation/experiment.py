@@ -145,10 +145,8 @@ def _run(args, runset, trial_fn) -> int:
     from tuning.engine import node_cache, runner
 
     caches = node_cache.runset_configs(runset)
-    joined = runner_of(runset) == "ray" and options.joins_cluster(args.address)
-    if not joined:
-        node_cache.build_local(caches)  # before any run: the runs open it instead of queueing on its lock
     if runner_of(runset) == "processes":
+        node_cache.build_local(caches)  # before any run: the runs open it instead of queueing on its lock
         return run_processes(runset, args)
     if args.time_limit is not None:
         raise UserError("--time-limit: only with --runner processes (a Ray ablation stops with Ctrl-C and "
@@ -156,11 +154,7 @@ def _run(args, runset, trial_fn) -> int:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     from tuning.engine import launch
 
-    launch.start_ray(args.address, args.dashboard_host, args.dashboard_port, dashboard=args.dashboard,
-                     gpus=runset.gpus)
-    runset = launch.settle_gpus(runset)  # --gpus auto on a joined cluster: its GPUs, known now
-    if joined:
-        node_cache.build_on_nodes(caches, runset.cpus_per_trial, runset.gpus_per_trial)
+    runset = launch.start_for(runset, args, caches)
     start = time.monotonic()
     curves, interrupted = runner.execute(runset, resume=args.resume, **({"fn": trial_fn} if trial_fn else {}))
     print(f"\nablation {'interrupted' if interrupted else 'finished'} after {(time.monotonic() - start) / 60:.1f} min")

@@ -98,14 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         from tuning.engine import launch, node_cache
 
-        caches, joined = node_cache.runset_configs(runset), joins_cluster(args.address)
-        if not joined:
-            node_cache.build_local(caches)  # before any run: the runs open it instead of queueing on its lock
-        launch.start_ray(args.address, args.dashboard_host, args.dashboard_port, dashboard=args.dashboard,
-                         gpus=runset.gpus)
-        runset = launch.settle_gpus(runset)  # --gpus auto on a joined cluster: its GPUs, known now
-        if joined:
-            node_cache.build_on_nodes(caches, runset.cpus_per_trial, runset.gpus_per_trial)
+        runset = launch.start_for(runset, args, node_cache.runset_configs(runset))
         return 130 if run_and_report(runset, resume=args.resume) else 0  # Ctrl-C: reported, and still a stop
 
 

@@ -27,7 +27,6 @@ DEFAULT_DASHBOARD_HOST = "127.0.0.1"
 _gpus_here: list[str] | None = None  # the GPUs start_ray gave a Ray it started; None: Ray was joined
 
 
-
 def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: int | None, log=print,
               dashboard: bool = True, gpus: float | None = None) -> None:
     """Start a Ray of this run's own (dashboard on loopback unless told otherwise) or join `address`
@@ -92,6 +91,23 @@ def start_ray(address: str | None, dashboard_host: str | None, dashboard_port: i
         log(f"Ray dashboard: not started, its packages are missing ({missing}); pip install 'ray[default]'")
     else:
         log("Ray dashboard: not running on this cluster (start the head with `ray start --head --include-dashboard=true`)")
+
+
+def start_for(record, args, caches: list):
+    """Ray for a sweep Plan or runner.RunSet, started (start_ray) from the CLI's cluster flags, with the decoded
+    caches of `caches` (TrainConfigs) built before any trial: in this process before a Ray of its own starts,
+    one task per node on a joined cluster (tuning/engine/node_cache.py). Returns the record with --gpus auto
+    settled on the GPUs found."""
+    from tuning.engine import node_cache
+
+    joined = options.joins_cluster(args.address)
+    if not joined:
+        node_cache.build_local(caches)  # the trials open it instead of queueing on its lock with idle GPUs
+    start_ray(args.address, args.dashboard_host, args.dashboard_port, dashboard=args.dashboard, gpus=record.gpus)
+    record = settle_gpus(record)  # --gpus auto on a joined cluster: its GPUs, known now
+    if joined:
+        node_cache.build_on_nodes(caches, record.cpus_per_trial, record.gpus_per_trial)
+    return record
 
 
 def _first_gpus(gpus: float) -> list[str]:

@@ -10,6 +10,7 @@ SRCC/PLCC per epoch; the search ends with an export folder (see tuning/export.py
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -18,7 +19,7 @@ import time
 from hyperiqa.config import SELECTION_METRICS, TrainConfig
 from hyperiqa.utils import run_cli
 from tuning.confirmation import experiment as confirm
-from tuning.engine import experiment_folder, node_cache, retention, tracking
+from tuning.engine import experiment_folder, retention, tracking
 from tuning.engine.options import (
     absolute,
     add_cluster_flags,
@@ -105,13 +106,7 @@ def _search(args, plan, trial_fn) -> int:
 
     tracking.prepare(plan, resume=args.resume)  # packages and stores checked before Ray starts
     caches = [TrainConfig.from_dict({**plan.base, **plan.search_space.fixed}, source="the search's base configuration")]
-    joined = joins_cluster(args.address)
-    if not joined:
-        node_cache.build_local(caches)  # before any trial: the trials open it instead of queueing on its lock
-    launch.start_ray(args.address, args.dashboard_host, args.dashboard_port, dashboard=args.dashboard, gpus=plan.gpus)
-    plan = launch.settle_gpus(plan)  # --gpus auto on a joined cluster: its GPUs, known now
-    if joined:
-        node_cache.build_on_nodes(caches, plan.cpus_per_trial, plan.gpus_per_trial)
+    plan = launch.start_for(plan, args, caches)
     fn = {"fn": trial_fn} if trial_fn else {}
     if args.resume:
         tuner = tuner_module.restore_tuner(plan, **fn)
@@ -169,8 +164,6 @@ def resume_plan(args: argparse.Namespace, argv: list[str] | None = None) -> Plan
 
     plan = experiment_folder.resume(args.storage_path, args.name, experiment_folder.SEARCH, Plan,
                                     instead="`python tuning/export.py {experiment}` exports what its trials saved")
-    import dataclasses
-
     grow.check_unchanged(plan, grow.given_flags(build_parser(), argv))
     plan = grow.resumed_plan(plan, args.num_samples)
     if args.export_dir:
